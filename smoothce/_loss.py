@@ -1,0 +1,370 @@
+r"""The public loss functions: loss, gradient, and both in one pass.
+
+All three share one signature and one validation step (:func:`smoothce._validation.prepare`)
+and are evaluated by :func:`smoothce._engine.evaluate`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._engine import evaluate
+from ._validation import Problem, check_num_classes, prepare
+
+__all__ = [
+    "cross_entropy",
+    "cross_entropy_grad",
+    "cross_entropy_with_grad",
+    "soft_target_cross_entropy",
+]
+
+_SHARED_PARAMETERS = r"""
+    Parameters
+    ----------
+    logits : array_like, shape (..., K, ...)
+        Unnormalised log-probabilities, float16/float32/float64 or integer (promoted
+        to float64); the K classes lie on ``axis``. Any memory layout; never modified
+        (except through an explicit ``out``).
+    labels : array_like
+        Either integer class indices with the shape of ``logits`` without the class
+        axis, in ``[0, K)`` (or equal to ``ignore_index``); or floating probability
+        targets with the shape of ``logits``, non-negative and finite. Probability
+        rows are used as given: a row that does not sum to one acts as a target with
+        that total mass (the loss is linear in the target), as in PyTorch.
+    epsilon : float, default 0.0
+        Smoothing strength in [0, 1]: ``q = (1 - epsilon) t + epsilon u``.
+        0 is plain cross-entropy; 1 puts all target mass on the prior.
+    axis : int, default -1
+        The class axis of ``logits`` (and of probability ``labels``).
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"none"`` returns one loss per element (the shape of ``logits`` without the
+        class axis); ``"sum"`` adds them; ``"mean"`` divides the sum by the total
+        ``weight[label]`` of the counted elements for integer labels (their count
+        without ``weight``) and by the number of elements for probability targets,
+        exactly as :func:`torch.nn.functional.cross_entropy`. A mean over no counted
+        element (or zero total weight) is 0.0 with a zero gradient, where PyTorch
+        returns NaN.
+    prior : None, "uniform", "others" or array_like, default None
+        The smoothing distribution u. ``None``/``"uniform"``: 1/K on every class
+        (PyTorch's ``label_smoothing``). ``"others"``: 1/(K-1) on every class except
+        the label (fairseq; the label gets exactly ``1 - epsilon``; integer labels,
+        K >= 2). An array of shape (K,): a class prior. An array broadcastable to the
+        shape of ``logits``: a per-sample prior. Arrays must be non-negative and sum
+        to 1 along the class axis.
+    weight : array_like, shape (K,), optional
+        Non-negative class weights ``w``; the element loss is
+        :math:`-\sum_k w_k q_k \log p_k`.
+    ignore_index : int, optional
+        Integer label value whose elements contribute nothing: zero loss, zero
+        gradient, and no share of the mean's denominator. No label is ignored by
+        default (PyTorch's default is -100).
+    num_classes : int, optional
+        If given, must equal K (a check, not a conversion)."""
+
+
+def _shared_doc(func: Any) -> Any:
+    """Insert the parameters shared by the three loss functions into ``func``'s docstring."""
+    func.__doc__ = func.__doc__.replace("{parameters}", _SHARED_PARAMETERS.strip("\n"))
+    return func
+
+
+def _validate_out(out: Any, p: Problem, logits: Any, labels: Any) -> np.ndarray:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array or None; got {type(out).__name__}.")
+    if out.shape != p.logits_shape or out.dtype != p.grad_dtype:
+        raise ValueError(
+            f"out must have the shape and dtype of the gradient, {p.logits_shape} "
+            f"{p.grad_dtype}; got {out.shape} {out.dtype}."
+        )
+    if not out.flags.writeable:
+        raise ValueError("out must be writable; got a read-only array.")
+    if isinstance(logits, np.ndarray) and np.may_share_memory(out, logits):
+        same = (
+            out.__array_interface__["data"][0] == logits.__array_interface__["data"][0]
+            and out.strides == logits.strides
+        )
+        if not same:
+            raise ValueError(
+                "out may be logits itself (in-place) but must not partly overlap it; "
+                "got an array sharing memory with logits at a different offset or layout."
+            )
+    others = [labels, p.labels, p.prior.values]
+    if any(isinstance(a, np.ndarray) and np.may_share_memory(out, a) for a in others):
+        raise ValueError("out must not share memory with labels or prior.")
+    return out
+
+
+@_shared_doc
+def cross_entropy(
+    logits: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    epsilon: float = 0.0,
+    *,
+    axis: int = -1,
+    reduction: str = "mean",
+    prior: Any = None,
+    weight: npt.ArrayLike | None = None,
+    ignore_index: int | None = None,
+    num_classes: int | None = None,
+) -> Any:
+    r"""Softmax cross-entropy with smoothed (soft) targets.
+
+    For each element, with :math:`p = \operatorname{softmax}(z)` over the class axis,
+    :math:`t` the one-hot label (or the given probabilities) and :math:`u` the prior,
+
+    .. math::
+
+        q = (1 - \epsilon)\, t + \epsilon\, u, \qquad
+        \ell = -\sum_{k=1}^{K} w_k\, q_k \log p_k ,
+
+    with :math:`0 \log 0 = 0`: a class masked by a ``-inf`` logit costs nothing where
+    its target mass is zero, and ``+inf`` where it is not. It is computed in shifted
+    coordinates without forming ``log(softmax(z))`` or, for integer labels, ``q``.
+
+    {parameters}
+
+    Returns
+    -------
+    loss : numpy floating scalar or ndarray
+        ``"mean"``/``"sum"``: a NumPy scalar, float32 for float16/float32 logits and
+        float64 otherwise. ``"none"``: an array of the shape of ``logits`` without
+        the class axis, in the dtype of ``logits`` (float64 for integer logits).
+        Elements with a NaN or ``+inf`` logit (or all logits ``-inf``) are NaN.
+
+    See Also
+    --------
+    cross_entropy_grad : the gradient with respect to ``logits``.
+    cross_entropy_with_grad : both in one pass.
+    smooth_labels : the dense target matrix ``q``.
+
+    References
+    ----------
+    .. [1] C. Szegedy, V. Vanhoucke, S. Ioffe, J. Shlens, Z. Wojna, "Rethinking the
+       Inception Architecture for Computer Vision", CVPR 2016.
+    .. [2] R. Müller, S. Kornblith, G. Hinton, "When does label smoothing help?",
+       NeurIPS 2019.
+
+    Examples
+    --------
+    The first worked example of the seed document (K = 3, epsilon = 0.1):
+
+    >>> import numpy as np, smoothce
+    >>> logits = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    >>> smoothce.cross_entropy(logits, [0, 2], epsilon=0.1)
+    np.float64(0.9273118...)
+    >>> smoothce.cross_entropy(logits, [0, 2], epsilon=0.1, reduction="none")
+    array([0.5741..., 1.2805...])
+
+    Classes on axis 1, as in PyTorch's (N, C, d1) layout, with an ignored element:
+
+    >>> z = np.zeros((1, 4, 2))
+    >>> smoothce.cross_entropy(z, [[1, -100]], axis=1, ignore_index=-100, reduction="none")
+    array([[1.3862..., 0.        ]])
+    """
+    p = prepare(
+        logits,
+        labels,
+        epsilon,
+        axis=axis,
+        reduction=reduction,
+        prior=prior,
+        weight=weight,
+        ignore_index=ignore_index,
+        num_classes=num_classes,
+    )
+    loss, _ = evaluate(p, want_loss=True)
+    return loss
+
+
+@_shared_doc
+def cross_entropy_grad(
+    logits: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    epsilon: float = 0.0,
+    *,
+    axis: int = -1,
+    reduction: str = "mean",
+    prior: Any = None,
+    weight: npt.ArrayLike | None = None,
+    ignore_index: int | None = None,
+    num_classes: int | None = None,
+) -> np.ndarray:
+    r"""Gradient of :func:`cross_entropy` with respect to ``logits``.
+
+    For one element, with :math:`W = \sum_k w_k q_k`,
+
+    .. math::
+
+        \frac{\partial \ell}{\partial z_j} = W\, p_j - w_j q_j ,
+
+    which is :math:`\operatorname{softmax}(z) - q` without weights. ``"mean"`` divides
+    by the mean's denominator; ``"none"`` gives each element's own gradient (the
+    gradient of the sum); ignored elements get zero rows.
+
+    {parameters}
+
+    Returns
+    -------
+    grad : ndarray
+        Shape of ``logits``, C-contiguous, dtype of ``logits`` (float16 is computed
+        in float32 and rounded once; integer logits give float64).
+
+    See Also
+    --------
+    cross_entropy_with_grad : loss and gradient in one pass, optionally in place.
+
+    Examples
+    --------
+    >>> import numpy as np, smoothce
+    >>> g = smoothce.cross_entropy_grad([[0.0, 0.0]], [0], epsilon=0.2)
+    >>> g
+    array([[-0.4,  0.4]])
+    >>> g.sum(axis=-1)  # rows of an unweighted gradient sum to zero
+    array([0.])
+    """
+    p = prepare(
+        logits,
+        labels,
+        epsilon,
+        axis=axis,
+        reduction=reduction,
+        prior=prior,
+        weight=weight,
+        ignore_index=ignore_index,
+        num_classes=num_classes,
+    )
+    grad = np.empty(p.logits_shape, dtype=p.grad_dtype)
+    evaluate(p, want_loss=False, grad=grad)
+    return grad
+
+
+@_shared_doc
+def cross_entropy_with_grad(
+    logits: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    epsilon: float = 0.0,
+    *,
+    axis: int = -1,
+    reduction: str = "mean",
+    prior: Any = None,
+    weight: npt.ArrayLike | None = None,
+    ignore_index: int | None = None,
+    num_classes: int | None = None,
+    out: np.ndarray | None = None,
+) -> tuple[Any, np.ndarray]:
+    r"""Loss and gradient together, sharing one shift and one exponential per element.
+
+    Equal to ``(cross_entropy(...), cross_entropy_grad(...))`` but about half the
+    work: the shifted logits are exponentiated once and turned into the gradient in
+    place, inside ``out`` when it is given.
+
+    {parameters}
+    out : ndarray, optional
+        Array to receive the gradient: the shape of ``logits`` and the gradient's
+        dtype, writable. It may be ``logits`` itself for an explicit in-place update
+        (each block is read before it is overwritten); it must not otherwise overlap
+        ``logits``, ``labels`` or ``prior``.
+
+    Returns
+    -------
+    loss : numpy floating scalar or ndarray
+        As returned by :func:`cross_entropy`.
+    grad : ndarray
+        As returned by :func:`cross_entropy_grad`; ``out`` itself when given.
+
+    Examples
+    --------
+    A training step of softmax regression, written without any dense target:
+
+    >>> import numpy as np, smoothce
+    >>> rng = np.random.default_rng(0)
+    >>> X, y = rng.normal(size=(8, 5)), rng.integers(0, 3, size=8)
+    >>> W = np.zeros((5, 3))
+    >>> loss, dlogits = smoothce.cross_entropy_with_grad(X @ W, y, epsilon=0.1)
+    >>> float(loss) == float(np.log(3))  # uniform predictions
+    True
+    >>> W -= 0.5 * X.T @ dlogits
+
+    In place: the logits buffer becomes the gradient.
+
+    >>> z = np.array([[1.0, 2.0, 3.0]])
+    >>> _, g = smoothce.cross_entropy_with_grad(z, [2], out=z)
+    >>> g is z
+    True
+    """
+    p = prepare(
+        logits,
+        labels,
+        epsilon,
+        axis=axis,
+        reduction=reduction,
+        prior=prior,
+        weight=weight,
+        ignore_index=ignore_index,
+        num_classes=num_classes,
+    )
+    if out is None:
+        grad = np.empty(p.logits_shape, dtype=p.grad_dtype)
+    else:
+        grad = _validate_out(out, p, logits, labels)
+    loss, _ = evaluate(p, want_loss=True, grad=grad)
+    return loss, grad
+
+
+def soft_target_cross_entropy(
+    logits: npt.ArrayLike,
+    y_true: npt.ArrayLike,
+    num_classes: int,
+    epsilon: float,
+    round_decimals: int = 6,
+) -> float:
+    r"""Mean label-smoothed cross-entropy, rounded: the function of the seed document.
+
+    The target puts :math:`1 - \epsilon + \epsilon/K` on the true class and
+    :math:`\epsilon/K` on the others; the result is the batch mean of
+    :math:`-\sum_i q_i \log p_i`, rounded to ``round_decimals`` decimals. It is
+    :func:`cross_entropy` with ``reduction="mean"`` and the uniform prior.
+
+    Parameters
+    ----------
+    logits : array_like, shape (batch, num_classes)
+        Logits, classes on the last axis.
+    y_true : array_like of int, shape (batch,)
+        True class indices in ``[0, num_classes)``.
+    num_classes : int
+        K; must equal ``logits.shape[-1]``.
+    epsilon : float
+        Smoothing in [0, 1].
+    round_decimals : int, default 6
+        Decimals kept by Python's :func:`round`.
+
+    Returns
+    -------
+    float
+        The rounded mean loss.
+
+    Examples
+    --------
+    The three worked examples of the seed document:
+
+    >>> from smoothce import soft_target_cross_entropy
+    >>> soft_target_cross_entropy([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]], [0, 2], 3, 0.1)
+    0.927312
+    >>> soft_target_cross_entropy([[1.0, -1.0], [0.5, 0.5]], [0, 1], 2, 0.05)
+    0.435038
+    >>> soft_target_cross_entropy([[3.0, 1.0, 0.0, -1.0]], [0], 4, 0.0)
+    0.185182
+    """
+    if isinstance(round_decimals, (bool, np.bool_)) or not isinstance(
+        round_decimals, numbers.Integral
+    ):
+        raise TypeError(
+            f"round_decimals must be an integer; got round_decimals={round_decimals!r}."
+        )
+    check_num_classes(num_classes)
+    loss = cross_entropy(logits, y_true, epsilon, num_classes=num_classes)
+    return round(float(loss), int(round_decimals))

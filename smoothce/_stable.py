@@ -1,0 +1,147 @@
+"""Stable numerics: row blocking, the max shift, and log-softmax.
+
+Everything here works in *shifted coordinates* ``s = z - max(z)``: after the shift
+every ``s_k <= 0``, so ``exp(s_k)`` cannot overflow, the largest term of the sum is
+exactly ``exp(0) = 1`` (the sum is at least 1 and its log at least 0), and
+``log p_k = s_k - log(sum_j exp(s_j))`` is a difference of a non-positive and a
+non-negative number: no cancellation. The textbook ``log(softmax(z))`` instead rounds
+small probabilities to 0 and returns ``-inf``; ``logsumexp(z) - z_k`` on unshifted
+logits near 3e4 loses every digit of a loss near 1 in float32.
+
+Arrays are processed in row blocks of at most :data:`BLOCK_ELEMENTS` elements, so the
+workspace is bounded independently of the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from math import prod
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._validation import check_logits, compute_dtypes
+
+__all__ = ["BLOCK_ELEMENTS", "is_view_of", "log_softmax", "row_blocks", "shift_rows"]
+
+#: Elements per row block: 2**16 float32 values are 256 KiB, which fits a typical L2
+#: cache together with the block's exponentials, so the passes over a block after the
+#: first read it from cache, not memory.
+BLOCK_ELEMENTS = 1 << 16
+
+Key = tuple[Any, ...]
+
+
+def row_blocks(batch_shape: tuple[int, ...], rows: int) -> Iterator[Key]:
+    """Index keys covering ``batch_shape`` in blocks of at most ``rows`` rows.
+
+    A key indexes an array of shape ``(*batch_shape, K)`` (or ``batch_shape``) and
+    selects a sub-array whose batch part holds at most ``rows`` rows (at least one).
+    Blocks run along the leading batch axis; when one index of it already exceeds
+    ``rows``, the next axis is split instead. The order is fixed (C order), so partial
+    results can be combined deterministically.
+    """
+    if not batch_shape:
+        yield ()
+        return
+    n0, inner = batch_shape[0], prod(batch_shape[1:])
+    if inner == 0:
+        return
+    if inner <= rows:
+        step = max(1, rows // inner)
+        for start in range(0, n0, step):
+            yield (slice(start, min(start + step, n0)),)
+    else:
+        for i in range(n0):
+            for key in row_blocks(batch_shape[1:], rows):
+                yield (i, *key)
+
+
+def is_view_of(view: np.ndarray, base: np.ndarray) -> bool:
+    """Whether a reshape result still refers to ``base``'s memory (no copy was made)."""
+    return view.size == 0 or np.may_share_memory(view, base)
+
+
+def shift_rows(z: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Write ``z - max(z, axis=1)`` into ``out`` (compute dtype); return the row maxima.
+
+    Parameters
+    ----------
+    z : ndarray, shape (rows, K)
+        Logits of any real dtype; read only.
+    out : ndarray, shape (rows, K)
+        Floating workspace; may be ``z`` itself (the shift is elementwise).
+
+    Notes
+    -----
+    A row with a ``+inf`` logit has ``inf - inf = nan`` in it, and a row of all
+    ``-inf`` has ``-inf - (-inf) = nan`` everywhere: softmax is undefined there and NaN
+    is the documented answer, so the invalid-operation warning is silenced for exactly
+    this subtraction. Rows with some (not all) ``-inf`` shift to ``-inf`` silently.
+    """
+    m = z.max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        # dtype= makes float16 and integer logits subtract in the compute dtype.
+        np.subtract(z, m, out=out, dtype=out.dtype)
+    maxima: np.ndarray = m.reshape(-1)
+    return maxima
+
+
+def log_softmax(logits: npt.ArrayLike, axis: int = -1) -> np.ndarray:
+    r"""Log-softmax along ``axis``, computed stably in shifted coordinates.
+
+    .. math::
+
+        \log \operatorname{softmax}(z)_k = s_k - \log \sum_j e^{s_j},
+        \qquad s = z - \max_j z_j .
+
+    Parameters
+    ----------
+    logits : array_like, shape (..., K, ...)
+        Real logits (float16/32/64 or integer); the classes lie on ``axis``.
+    axis : int, default -1
+        The class axis.
+
+    Returns
+    -------
+    ndarray
+        Same shape as ``logits``, C-contiguous; dtype of ``logits`` (float16 is
+        computed in float32 and rounded once at the end; integers give float64).
+        ``-inf`` logits give ``-inf``; a row with a NaN or ``+inf`` logit, or with
+        every logit ``-inf``, gives NaN.
+
+    Examples
+    --------
+    The naive formula underflows where the shifted one does not:
+
+    >>> import numpy as np, smoothce
+    >>> z = np.array([0.0, 1000.0])
+    >>> with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    ...     naive = np.log(np.exp(z) / np.exp(z).sum())
+    >>> naive
+    array([-inf,  nan])
+    >>> smoothce.log_softmax(z)
+    array([-1000.,     0.])
+    """
+    z_in, ax = check_logits(logits, axis)
+    compute_dtype, out_dtype = compute_dtypes(z_in.dtype)
+    K = z_in.shape[ax]
+    out = np.empty(z_in.shape, dtype=out_dtype)
+    z = np.moveaxis(z_in, ax, -1)
+    res = np.moveaxis(out, ax, -1)
+    rows = max(1, BLOCK_ELEMENTS // K)
+    s_buf = np.empty((min(rows, max(1, prod(z.shape[:-1]))), K), dtype=compute_dtype)
+    e_buf = np.empty_like(s_buf)
+    for key in row_blocks(z.shape[:-1], rows):
+        z2 = z[key].reshape(-1, K)
+        b = z2.shape[0]
+        s, e = s_buf[:b], e_buf[:b]
+        shift_rows(z2, s)
+        np.exp(s, out=e)
+        # The sum is >= 1 on every row with a finite maximum (its largest term is
+        # exp(0)), so the log never sees 0; NaN rows stay NaN without a warning.
+        log_sum = np.log(e.sum(axis=1, keepdims=True))
+        np.subtract(s, log_sum, out=s)
+        res[key] = s.reshape(res[key].shape)
+    return out

@@ -1,0 +1,368 @@
+"""Argument checking: turn what the caller passed into a normalised :class:`Problem`.
+
+Every public function goes through :func:`prepare`. It never copies the logits and
+never writes to anything it was given; the engine then works on views with the class
+axis moved last. Error messages follow one pattern: the argument, the rule, and the
+value received ("epsilon must be in [0, 1]; got epsilon=1.5.").
+
+All checks are vectorised reductions over the inputs (``min``/``max``/``any``) so they
+cost a pass over the labels at most, never a Python loop over elements; the expensive
+search for *where* an input is wrong runs only once we already know it is wrong.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Prior", "Problem", "prepare"]
+
+Reduction = Literal["none", "mean", "sum"]
+_REDUCTIONS = ("none", "mean", "sum")
+_PRIOR_NAMES = ("uniform", "others")
+
+
+@dataclass(frozen=True)
+class Prior:
+    """The smoothing distribution ``u`` in ``q = (1 - epsilon) t + epsilon u``.
+
+    ``kind`` is ``"uniform"`` (1/K), ``"others"`` (1/(K-1) off the label), ``"class"``
+    (``values`` of shape (K,)) or ``"sample"`` (``values`` broadcast to the logits' shape,
+    class axis last).
+    """
+
+    kind: Literal["uniform", "others", "class", "sample"]
+    values: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Validated, normalised arguments of one loss call.
+
+    Attributes
+    ----------
+    z : ndarray, shape (*batch, K)
+        The logits, a view with the class axis moved last (never a copy).
+    labels : ndarray
+        Integer class indices of shape ``batch`` (dtype intp, ignored entries replaced
+        by 0) or probability targets of shape ``(*batch, K)`` (a view, class axis last).
+    counted : ndarray of bool, shape ``batch``, or None
+        False where ``labels == ignore_index``; None when nothing is ignored.
+    """
+
+    z: np.ndarray
+    logits_shape: tuple[int, ...]
+    axis: int
+    num_classes: int
+    compute_dtype: np.dtype[Any]
+    grad_dtype: np.dtype[Any]
+    epsilon: float
+    labels: np.ndarray
+    probabilistic: bool
+    counted: np.ndarray | None
+    prior: Prior
+    weight: np.ndarray | None
+    reduction: Reduction
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return self.z.shape[:-1]
+
+    @property
+    def scalar_dtype(self) -> np.dtype[Any]:
+        """dtype of a reduced ("mean"/"sum") loss: float32 or float64."""
+        return self.compute_dtype
+
+
+def check_logits(logits: npt.ArrayLike, axis: Any) -> tuple[np.ndarray, int]:
+    """Return ``(logits as an ndarray, non-negative axis)`` or raise."""
+    arr = np.asarray(logits)
+    kind = arr.dtype.kind
+    if kind == "c":
+        raise TypeError(
+            "logits must be real (floating or integer); complex logits have no softmax "
+            f"cross-entropy; got dtype {arr.dtype}."
+        )
+    if kind not in "fiu":
+        raise TypeError(f"logits must be a real floating or integer array; got dtype {arr.dtype}.")
+    if arr.ndim == 0:
+        raise ValueError("logits must have at least one dimension (the class axis); got a scalar.")
+    axis = check_axis(axis, arr.ndim)
+    if arr.shape[axis] == 0:
+        raise ValueError(
+            f"logits must have at least one class along axis {axis}; got shape {arr.shape}."
+        )
+    return arr, axis
+
+
+def check_axis(axis: Any, ndim: int) -> int:
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an integer; got axis={axis!r}.")
+    axis = int(axis)
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"axis must be in [-{ndim}, {ndim - 1}] for logits with {ndim} dimension(s); "
+            f"got axis={axis}."
+        )
+    return int(axis % ndim)
+
+
+def compute_dtypes(dtype: np.dtype[Any]) -> tuple[np.dtype[Any], np.dtype[Any]]:
+    """``(compute dtype, output dtype)`` for logits of ``dtype``.
+
+    float16 is computed in float32 (its 11-bit significand would make the sums
+    meaningless) and written back as float16; integers are promoted to float64.
+    """
+    if dtype.kind in "iu":
+        return np.dtype(np.float64), np.dtype(np.float64)
+    if dtype == np.float16:
+        return np.dtype(np.float32), dtype
+    if dtype in (np.float32, np.float64):
+        return dtype, dtype
+    raise TypeError(f"logits must be float16, float32, float64 or integer; got dtype {dtype}.")
+
+
+def check_epsilon(epsilon: Any) -> float:
+    if isinstance(epsilon, (bool, np.bool_)) or not isinstance(epsilon, numbers.Real):
+        raise TypeError(f"epsilon must be a real number in [0, 1]; got epsilon={epsilon!r}.")
+    value = float(epsilon)
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"epsilon must be in [0, 1]; got epsilon={value!r}.")
+    return value
+
+
+def check_reduction(reduction: Any) -> Reduction:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}; got reduction={reduction!r}.")
+    return reduction  # type: ignore[no-any-return]
+
+
+def check_num_classes(num_classes: Any, K: int | None = None) -> int:
+    if isinstance(num_classes, (bool, np.bool_)) or not isinstance(num_classes, numbers.Integral):
+        raise TypeError(f"num_classes must be an integer; got num_classes={num_classes!r}.")
+    n = int(num_classes)
+    if n < 1:
+        raise ValueError(f"num_classes must be at least 1; got num_classes={n}.")
+    if K is not None and n != K:
+        raise ValueError(
+            f"num_classes must equal the size of the class axis of logits ({K}); "
+            f"got num_classes={n}."
+        )
+    return n
+
+
+def _position(flat_index: int, shape: tuple[int, ...]) -> str:
+    if not shape:
+        return "[]"
+    return str(list(int(i) for i in np.unravel_index(flat_index, shape)))
+
+
+def _check_ignore_index(ignore_index: Any) -> int | None:
+    if ignore_index is None:
+        return None
+    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(
+        ignore_index, numbers.Integral
+    ):
+        raise TypeError(
+            f"ignore_index must be an integer or None; got ignore_index={ignore_index!r}."
+        )
+    return int(ignore_index)
+
+
+def check_class_indices(
+    labels: np.ndarray, K: int, ignore_index: int | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate integer labels; return ``(safe intp labels, counted mask or None)``.
+
+    Ignored entries are replaced by 0 in the returned (new) array so the engine can
+    index with it; the mask says they contribute nothing.
+    """
+    counted = None
+    if ignore_index is not None:
+        ignored = labels == ignore_index
+        if ignored.any():
+            counted = ~ignored
+    # One pass over the labels; int64 compare is safe for every integer dtype we accept.
+    bad = (labels < 0) | (labels >= K)
+    if counted is not None:
+        bad &= counted
+    if bad.any():
+        first = int(np.argmax(bad))
+        value = labels.reshape(-1)[first]
+        allowed = f"[0, {K})" + (
+            "" if ignore_index is None else f" or ignore_index={ignore_index}"
+        )
+        where = _position(first, labels.shape)
+        raise ValueError(
+            f"labels must be class indices in {allowed}; got labels{where} = {int(value)}."
+        )
+    if counted is None:
+        # astype copies only when the dtype differs; intp labels are indexed as they are.
+        return labels.astype(np.intp, copy=False), None
+    return np.where(counted, labels, 0).astype(np.intp, copy=False), counted
+
+
+def check_distribution_array(
+    name: str, values: np.ndarray, *, rule: str = "non-negative and finite"
+) -> None:
+    """Raise unless every entry of ``values`` is finite and >= 0 (NaN is rejected)."""
+    if values.size == 0:
+        return
+    # min/max are two reductions without temporaries; NaN makes the comparison False.
+    lo, hi = values.min(), values.max()
+    if lo >= 0 and np.isfinite(hi):
+        return
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(values) & (values >= 0))
+    first = int(np.argmax(bad))
+    raise ValueError(
+        f"{name} must be {rule}; got {name}{_position(first, values.shape)} = "
+        f"{values.reshape(-1)[first]!r}."
+    )
+
+
+def as_real_array(name: str, values: npt.ArrayLike) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real floating or integer array; got dtype {arr.dtype}.")
+    return arr
+
+
+def check_weight(weight: npt.ArrayLike | None, K: int) -> np.ndarray | None:
+    if weight is None:
+        return None
+    w = as_real_array("weight", weight)
+    if w.shape != (K,):
+        raise ValueError(
+            f"weight must have shape ({K},), one entry per class; got shape {w.shape}."
+        )
+    check_distribution_array("weight", w)
+    return w.astype(np.float64)
+
+
+def check_prior(
+    prior: Any, out_shape: tuple[int, ...], class_axis: int, *, probabilistic: bool
+) -> Prior:
+    """Validate ``prior`` for targets of ``out_shape`` whose classes lie on ``class_axis``."""
+    K = out_shape[class_axis]
+    if prior is None or (isinstance(prior, str) and prior == "uniform"):
+        return Prior("uniform")
+    if isinstance(prior, str):
+        if prior != "others":
+            raise ValueError(
+                f"prior must be None, one of {_PRIOR_NAMES}, or an array; got prior={prior!r}."
+            )
+        if probabilistic:
+            raise ValueError(
+                "prior='others' spreads epsilon over the classes other than the label, so it "
+                "needs integer class labels; got probability targets."
+            )
+        if K < 2:
+            raise ValueError(f"prior='others' needs at least 2 classes; got {K} class.")
+        return Prior("others")
+    u = as_real_array("prior", prior)
+    if u.shape == (K,):
+        kind: Literal["class", "sample"] = "class"
+        sums = np.array([u.sum(dtype=np.float64)])
+        values = u.astype(np.float64)
+    else:
+        try:
+            values = np.broadcast_to(u, out_shape)
+        except ValueError:
+            raise ValueError(
+                f"prior must have shape ({K},) or be broadcastable to {out_shape}; "
+                f"got shape {u.shape}."
+            ) from None
+        kind = "sample"
+        sums = values.sum(axis=class_axis, dtype=np.float64)
+        values = np.moveaxis(values, class_axis, -1)
+    check_distribution_array("prior", u)
+    eps = np.finfo(u.dtype).eps if u.dtype.kind == "f" else np.finfo(np.float64).eps
+    tol = max(K, 16) * float(eps)
+    off = np.abs(sums - 1.0) > tol
+    if off.any():
+        first = int(np.argmax(off))
+        where = "" if kind == "class" else f" at batch position {_position(first, sums.shape)}"
+        raise ValueError(
+            f"prior must sum to 1 along the class axis (within {tol:.1e}); got a sum of "
+            f"{float(sums.reshape(-1)[first])!r}{where}."
+        )
+    return Prior(kind, values)
+
+
+def prepare(
+    logits: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    epsilon: Any,
+    *,
+    axis: Any,
+    reduction: Any,
+    prior: Any,
+    weight: npt.ArrayLike | None,
+    ignore_index: Any,
+    num_classes: Any,
+) -> Problem:
+    """Validate every argument of a loss call and return the normalised :class:`Problem`."""
+    z_in, ax = check_logits(logits, axis)
+    K = z_in.shape[ax]
+    compute_dtype, grad_dtype = compute_dtypes(z_in.dtype)
+    eps = check_epsilon(epsilon)
+    red = check_reduction(reduction)
+    if num_classes is not None:
+        check_num_classes(num_classes, K)
+    ignore = _check_ignore_index(ignore_index)
+
+    batch_shape = z_in.shape[:ax] + z_in.shape[ax + 1 :]
+    y = np.asarray(labels)
+    # An empty Python list arrives as float64; with the class-index shape it is
+    # unambiguous, so treat it as (zero) class indices.
+    if y.dtype.kind == "f" and y.size == 0 and y.shape == batch_shape:
+        y = y.astype(np.intp)
+    kind = y.dtype.kind
+    if kind in "iu":
+        probabilistic = False
+        if y.shape != batch_shape:
+            raise ValueError(
+                f"labels (integer class indices) must have the shape of logits without the "
+                f"class axis {ax}, {batch_shape}; got shape {y.shape}."
+            )
+        y, counted = check_class_indices(y, K, ignore)
+    elif kind == "f":
+        probabilistic = True
+        if y.shape != z_in.shape:
+            raise ValueError(
+                f"labels with a floating dtype are probability targets and must have the "
+                f"shape of logits {z_in.shape}; got shape {y.shape}. Pass class indices "
+                f"with an integer dtype."
+            )
+        if ignore is not None:
+            raise ValueError(
+                "ignore_index applies to integer class labels only; got probability targets "
+                f"with ignore_index={ignore}."
+            )
+        check_distribution_array("labels", y, rule="non-negative and finite (probabilities)")
+        y = np.moveaxis(y, ax, -1)
+        counted = None
+    else:
+        raise TypeError(
+            f"labels must be integer class indices or floating probabilities; got dtype {y.dtype}."
+        )
+    return Problem(
+        z=np.moveaxis(z_in, ax, -1),
+        logits_shape=z_in.shape,
+        axis=ax,
+        num_classes=K,
+        compute_dtype=compute_dtype,
+        grad_dtype=grad_dtype,
+        epsilon=eps,
+        labels=y,
+        probabilistic=probabilistic,
+        counted=counted,
+        prior=check_prior(prior, z_in.shape, ax, probabilistic=probabilistic),
+        weight=check_weight(weight, K),
+        reduction=red,
+    )
