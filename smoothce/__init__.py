@@ -5,7 +5,7 @@ its gradient ``softmax(z) - q`` and both together, with PyTorch's semantics for 
 weights, ``ignore_index``, reductions, probability targets and extra dimensions.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata as _metadata
 
 from ._loss import (
     cross_entropy,
@@ -17,8 +17,8 @@ from ._stable import log_softmax
 from ._targets import smooth_labels
 
 try:  # the single version source is pyproject.toml, read from the installed metadata
-    __version__ = version("smoothce")
-except PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
+    __version__ = _metadata.version("smoothce")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
     __version__ = "0+unknown"
 
 __all__ = [

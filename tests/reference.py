@@ -1,7 +1,7 @@
 """An independent dense reference: the textbook formula, in float64, building q.
 
 It shares no code with smoothce: log-softmax is the max-shifted log-sum-exp written
-out here, the target matrix is built with ``np.eye``, and ``0 * log 0`` is handled by
+out here, the one-hot target matrix is built densely, and ``0 * log 0`` is handled by
 masking the terms whose weighted target mass is zero. Slow and memory-hungry on
 purpose; used only on small inputs.
 """
@@ -23,7 +23,11 @@ def dense_q(
     labels: np.ndarray, K: int, epsilon: float, prior: Any, probabilistic: bool
 ) -> np.ndarray:
     """Targets with the class axis last, shape labels.shape (+ (K,) for indices)."""
-    t = labels.astype(np.float64) if probabilistic else np.eye(K)[labels]
+    if probabilistic:
+        t = labels.astype(np.float64)
+    else:
+        t = np.zeros((*labels.shape, K))
+        np.put_along_axis(t, labels[..., None], 1.0, axis=-1)
     if prior is None or (isinstance(prior, str) and prior == "uniform"):
         u = np.full(K, 1.0 / K)
     elif isinstance(prior, str) and prior == "others":

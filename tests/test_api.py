@@ -1,0 +1,59 @@
+"""The public API: its names, one version source, and the typing marker."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+from pathlib import Path
+
+import smoothce
+
+PUBLIC = {
+    "cross_entropy",
+    "cross_entropy_grad",
+    "cross_entropy_with_grad",
+    "log_softmax",
+    "smooth_labels",
+    "soft_target_cross_entropy",
+}
+
+
+def test_all_lists_exactly_the_public_api():
+    assert set(smoothce.__all__) == PUBLIC | {"__version__"}
+    public_attrs = {n for n in dir(smoothce) if not n.startswith("_")}
+    assert public_attrs == PUBLIC
+
+
+def test_version_comes_from_the_package_metadata():
+    assert smoothce.__version__ == importlib.metadata.version("smoothce")
+
+
+def test_loss_functions_share_one_signature():
+    params = {
+        name: list(inspect.signature(getattr(smoothce, name)).parameters)
+        for name in ("cross_entropy", "cross_entropy_grad", "cross_entropy_with_grad")
+    }
+    expected = [
+        "logits", "labels", "epsilon", "axis", "reduction", "prior", "weight",
+        "ignore_index", "num_classes",
+    ]  # fmt: skip
+    assert params["cross_entropy"] == expected
+    assert params["cross_entropy_grad"] == expected
+    assert params["cross_entropy_with_grad"] == [*expected, "out"]
+    sig = inspect.signature(smoothce.cross_entropy)
+    assert sig.parameters["epsilon"].default == 0.0
+    assert sig.parameters["reduction"].default == "mean"
+    assert sig.parameters["ignore_index"].default is None
+
+
+def test_docstrings_state_every_parameter():
+    for name in PUBLIC:
+        fn = getattr(smoothce, name)
+        doc = fn.__doc__
+        for param in inspect.signature(fn).parameters:
+            assert f"{param} :" in doc, (name, param)
+        assert "Examples" in doc
+
+
+def test_package_is_typed():
+    assert (Path(smoothce.__file__).parent / "py.typed").exists()
