@@ -1,0 +1,49 @@
+"""`python -m smoothce` end to end, through a subprocess as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from smoothce import _cli
+
+
+def _run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "smoothce", *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_main_job_prints_the_worked_examples_and_a_timing():
+    result = _run("--shape", "64", "10", "--repeats", "2")
+    assert result.returncode == 0, result.stderr
+    for value in ("0.927312", "0.435038", "0.185182"):
+        assert f"loss = {value}" in result.stdout
+    assert result.stdout.count(" ok") == 3
+    assert "naive softmax-then-log" in result.stdout
+    assert "(64, 10)" in result.stdout
+
+
+def test_version_flag():
+    result = _run("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("smoothce ")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--shape", "0", "5"], "--shape needs positive N and K"), (["--repeats", "0"], "--repeats")],
+)
+def test_bad_arguments_exit_with_status_2(args, message):
+    result = _run(*args, "--no-timing")
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_a_wrong_example_makes_the_exit_status_nonzero(monkeypatch, capsys):
+    wrong = [(*_cli.SEED_EXAMPLES[0][:4], 0.5)]
+    monkeypatch.setattr(_cli, "SEED_EXAMPLES", wrong)
+    assert _cli.main(["--no-timing"]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
