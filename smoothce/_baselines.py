@@ -13,7 +13,9 @@ import numpy as np
 __all__ = ["exp_floor", "naive_loss_and_grad"]
 
 
-def naive_loss_and_grad(logits: np.ndarray, labels: np.ndarray, epsilon: float) -> tuple[Any, np.ndarray]:
+def naive_loss_and_grad(
+    logits: np.ndarray, labels: np.ndarray, epsilon: float
+) -> tuple[Any, np.ndarray]:
     """Label-smoothed cross-entropy the way it is usually written in NumPy.
 
     Builds the dense target ``q``, takes ``log(softmax(z))`` and forms ``p - q``:

@@ -64,9 +64,7 @@ def run_timing(shape: tuple[int, int], epsilon: float, repeats: int, out: Any) -
         f"median of {repeats}:",
         file=out,
     )
-    ours = median_time(
-        lambda: cross_entropy_with_grad(logits, labels, epsilon, out=grad), repeats
-    )
+    ours = median_time(lambda: cross_entropy_with_grad(logits, labels, epsilon, out=grad), repeats)
     naive = median_time(lambda: naive_loss_and_grad(logits, labels, epsilon), repeats)
     print(f"  smoothce                {ours * 1e3:9.2f} ms", file=out)
     print(
