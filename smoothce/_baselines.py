@@ -33,4 +33,5 @@ def naive_loss_and_grad(
 def exp_floor(logits: np.ndarray, out: np.ndarray) -> np.ndarray:
     """One exponential of every logit into a preallocated buffer: the least any exact
     method must do (each element is exponentiated at least once)."""
-    return np.exp(logits, out=out)
+    result: np.ndarray = np.exp(logits, out=out)
+    return result
