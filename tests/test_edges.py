@@ -283,3 +283,35 @@ def test_concurrent_calls_give_the_serial_results():
     for (l1, g1), (l2, g2) in zip(serial, results, strict=True):
         assert l1 == l2
         np.testing.assert_array_equal(g1, g2)
+
+
+# -- memory: the loss never materialises a (batch, K) temporary --------------------
+@pytest.mark.parametrize(
+    ("target", "options"),
+    [("int", {}), ("int", {"weight": True, "prior": "others"}), ("prob", {"weight": True})],
+)
+def test_loss_allocates_a_bounded_workspace(target, options):
+    """NumPy reports its allocations to tracemalloc; the peak must stay far below the
+    16 MB of logits however large the batch (one row block is 512 KiB of float64)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(8)
+    N, K = 20_000, 100
+    z = rng.standard_normal((N, K))
+    if target == "int":
+        y = rng.integers(0, K, size=N)
+    else:
+        y = rng.random((N, K))
+        y /= y.sum(axis=1, keepdims=True)
+    kw = {"prior": options.get("prior")}
+    if options.get("weight"):
+        kw["weight"] = rng.random(K)
+    tracemalloc.start()
+    try:
+        smoothce.cross_entropy(z, y, 0.1, **kw)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < z.nbytes / 8, (
+        f"peak {peak / 2**20:.1f} MiB for {z.nbytes / 2**20:.0f} MiB of logits"
+    )
