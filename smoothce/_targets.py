@@ -20,6 +20,7 @@ from ._validation import (
     check_epsilon,
     check_num_classes,
     check_prior,
+    is_probabilistic,
 )
 
 __all__ = ["dense_targets", "smooth_labels"]
@@ -129,13 +130,12 @@ def smooth_labels(
     if out_dtype.kind != "f":
         raise TypeError(f"dtype must be a floating dtype; got dtype={out_dtype}.")
     y = np.asarray(labels)
-    if y.dtype.kind in "iu":
-        probabilistic = False
+    probabilistic = is_probabilistic(y)
+    if not probabilistic:
         out_shape = (*y.shape, K)
         safe, _ = check_class_indices(y, K, None)
         flat: np.ndarray = safe.reshape(-1)
-    elif y.dtype.kind == "f":
-        probabilistic = True
+    else:
         if y.ndim == 0 or y.shape[-1] != K:
             raise ValueError(
                 f"labels with a floating dtype are probability targets and need "
@@ -144,10 +144,6 @@ def smooth_labels(
         out_shape = y.shape
         check_distribution_array("labels", y, rule="non-negative and finite (probabilities)")
         flat = y.reshape(-1, K)
-    else:
-        raise TypeError(
-            f"labels must be integer class indices or floating probabilities; got dtype {y.dtype}."
-        )
     u = check_prior(prior, out_shape, len(out_shape) - 1, probabilistic=probabilistic)
     if u.kind == "sample":
         assert u.values is not None

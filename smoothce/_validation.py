@@ -173,6 +173,20 @@ def _check_ignore_index(ignore_index: Any) -> int | None:
     return int(ignore_index)
 
 
+def is_probabilistic(labels: np.ndarray) -> bool:
+    """Whether ``labels`` are probability targets (floating) rather than class indices
+    (integer); any other dtype is a TypeError."""
+    kind = labels.dtype.kind
+    if kind in "iu":
+        return False
+    if kind == "f":
+        return True
+    raise TypeError(
+        "labels must be integer class indices or floating probabilities; "
+        f"got dtype {labels.dtype}."
+    )
+
+
 def check_class_indices(
     labels: np.ndarray, K: int, ignore_index: int | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -322,17 +336,15 @@ def prepare(
     # unambiguous, so treat it as (zero) class indices.
     if y.dtype.kind == "f" and y.size == 0 and y.shape == batch_shape:
         y = y.astype(np.intp)
-    kind = y.dtype.kind
-    if kind in "iu":
-        probabilistic = False
+    probabilistic = is_probabilistic(y)
+    if not probabilistic:
         if y.shape != batch_shape:
             raise ValueError(
                 f"labels (integer class indices) must have the shape of logits without the "
                 f"class axis {ax}, {batch_shape}; got shape {y.shape}."
             )
         y, counted = check_class_indices(y, K, ignore)
-    elif kind == "f":
-        probabilistic = True
+    else:
         if y.shape != z_in.shape:
             raise ValueError(
                 f"labels with a floating dtype are probability targets and must have the "
@@ -347,10 +359,6 @@ def prepare(
         check_distribution_array("labels", y, rule="non-negative and finite (probabilities)")
         y = np.moveaxis(y, ax, -1)
         counted = None
-    else:
-        raise TypeError(
-            f"labels must be integer class indices or floating probabilities; got dtype {y.dtype}."
-        )
     return Problem(
         z=np.moveaxis(z_in, ax, -1),
         logits_shape=z_in.shape,
