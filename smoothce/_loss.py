@@ -63,7 +63,13 @@ _SHARED_PARAMETERS = r"""
         gradient, and no share of the mean's denominator. No label is ignored by
         default (PyTorch's default is -100).
     num_classes : int, optional
-        If given, must equal K (a check, not a conversion)."""
+        If given, must equal K (a check, not a conversion).
+    workers : int, optional
+        Threads to use, as in :mod:`scipy.fft`: a positive count, or a negative one
+        counted back from the available cores (-1 = all). The default, None, uses one
+        thread below 2**20 logits and every core above. Results are bitwise
+        identical for every value: the blocks and the order in which their partial
+        sums are combined do not depend on it."""
 
 
 def _shared_doc(func: Any) -> Any:
@@ -110,6 +116,7 @@ def cross_entropy(
     weight: npt.ArrayLike | None = None,
     ignore_index: int | None = None,
     num_classes: int | None = None,
+    workers: int | None = None,
 ) -> Any:
     r"""Softmax cross-entropy with smoothed (soft) targets.
 
@@ -177,7 +184,7 @@ def cross_entropy(
         ignore_index=ignore_index,
         num_classes=num_classes,
     )
-    loss, _ = evaluate(p, want_loss=True)
+    loss, _ = evaluate(p, want_loss=True, workers=workers)
     return loss
 
 
@@ -193,6 +200,7 @@ def cross_entropy_grad(
     weight: npt.ArrayLike | None = None,
     ignore_index: int | None = None,
     num_classes: int | None = None,
+    workers: int | None = None,
 ) -> np.ndarray:
     r"""Gradient of :func:`cross_entropy` with respect to ``logits``.
 
@@ -239,7 +247,7 @@ def cross_entropy_grad(
         num_classes=num_classes,
     )
     grad = np.empty(p.logits_shape, dtype=p.grad_dtype)
-    evaluate(p, want_loss=False, grad=grad)
+    evaluate(p, want_loss=False, grad=grad, workers=workers)
     return grad
 
 
@@ -255,6 +263,7 @@ def cross_entropy_with_grad(
     weight: npt.ArrayLike | None = None,
     ignore_index: int | None = None,
     num_classes: int | None = None,
+    workers: int | None = None,
     out: np.ndarray | None = None,
 ) -> tuple[Any, np.ndarray]:
     r"""Loss and gradient together, sharing one shift and one exponential per element.
@@ -312,7 +321,7 @@ def cross_entropy_with_grad(
         grad = np.empty(p.logits_shape, dtype=p.grad_dtype)
     else:
         grad = _validate_out(out, p, logits, labels)
-    loss, _ = evaluate(p, want_loss=True, grad=grad)
+    loss, _ = evaluate(p, want_loss=True, grad=grad, workers=workers)
     return loss, grad
 
 

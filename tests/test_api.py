@@ -35,7 +35,7 @@ def test_loss_functions_share_one_signature():
     }
     expected = [
         "logits", "labels", "epsilon", "axis", "reduction", "prior", "weight",
-        "ignore_index", "num_classes",
+        "ignore_index", "num_classes", "workers",
     ]  # fmt: skip
     assert params["cross_entropy"] == expected
     assert params["cross_entropy_grad"] == expected

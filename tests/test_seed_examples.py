@@ -30,9 +30,14 @@ def test_seed_examples_exactly(logits, y, K, eps, expected):
 
 @pytest.mark.parametrize(("logits", "y", "K", "eps", "expected"), EXAMPLES)
 def test_seed_examples_from_the_general_api(logits, y, K, eps, expected):
-    for dtype in (np.float32, np.float64):
-        loss = smoothce.cross_entropy(np.array(logits, dtype=dtype), y, eps, num_classes=K)
-        assert round(float(loss), 6) == expected
+    loss64 = smoothce.cross_entropy(np.array(logits), y, eps, num_classes=K)
+    assert round(float(loss64), 6) == expected
+    # float32 keeps about 7 significant digits: the third example's true value,
+    # 0.18518245..., lies 5e-8 from the rounding boundary 0.1851825, so float32 is
+    # held to its documented accuracy (1e-6 relative), not to the 6th decimal.
+    loss32 = smoothce.cross_entropy(np.array(logits, dtype=np.float32), y, eps, num_classes=K)
+    assert loss32.dtype == np.float32
+    np.testing.assert_allclose(float(loss32), float(loss64), rtol=1e-6)
 
 
 def test_first_example_per_sample_values_against_mpmath():

@@ -1,0 +1,294 @@
+r"""The target terms of the closed form, over a window of classes.
+
+With class weights ``w`` (1 without ``weight``) and ``q = (1 - eps) t + eps u``, the
+loss of one row in coordinates ``x = z - c`` (any per-row reference ``c``) is
+
+.. math::
+
+    \ell = W \log \sum_k e^{x_k} - T,
+    \qquad W = \sum_k w_k q_k, \quad T = \sum_k w_k q_k x_k ,
+
+and its gradient is ``W p - w q``. This module computes ``W``, ``T`` and the
+``- w q`` part of the gradient without building ``q`` for integer labels:
+
+* label part, one-hot ``t``: ``W_t = w_y``, ``T_t = w_y x_y`` (one gather per row);
+* uniform prior: ``W_u = mean(w)``, ``T_u = sum_k w_k x_k / K`` (a row sum);
+* ``"others"``: the uniform sums over ``K - 1`` classes minus the label's share;
+* class prior ``u``: ``T_u = x @ (w u)``; per-sample prior: a row-wise dot product.
+
+Every quantity is restricted to a *window* of classes ``[k0, k1)``: the whole row for
+ordinary blocks, one chunk of it when a row is too long for one block and is
+streamed (:mod:`smoothce._engine` then adds the windows up).
+
+Masked classes: a ``-inf`` logit gives ``x_k = -inf``; where ``q_k = 0`` the term
+``q_k x_k`` must count as 0 (``0 log 0 = 0``), but floating point says NaN. The fast
+formulas leave NaN exactly in such rows; :meth:`Terms.exact_dot` recomputes them term
+by term from the dense target and gives ``+inf`` loss only where ``q_k > 0``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._stable import Key, row_sums
+from ._targets import dense_targets
+from ._validation import Prior, Problem
+
+__all__ = ["Block", "Terms"]
+
+_F64 = np.dtype(np.float64)
+
+
+def _dot64(subscripts: str, *operands: np.ndarray) -> np.ndarray:
+    """Row-wise sums of products, accumulated in float64.
+
+    ``einsum(..., dtype=float64)`` casts its operands in buffered chunks (no full
+    float64 copy of a block). A float32 dot product over 10**6 classes would carry
+    about sqrt(K) ulps of error; a float64 one is far below float32's resolution.
+    """
+    result: np.ndarray = np.einsum(subscripts, *operands, dtype=_F64, casting="safe")
+    return result
+
+
+class Block:
+    """The targets of the rows ``key`` restricted to the classes ``[k0, k1)``."""
+
+    __slots__ = ("counted", "label_cols", "label_rows", "labels", "n", "rows", "t", "u")
+
+    def __init__(self, p: Problem, key: Key, k0: int, k1: int) -> None:
+        K = p.num_classes
+        full = k0 == 0 and k1 == K
+        self.counted = None if p.counted is None else p.counted[key].reshape(-1)
+        self.t: np.ndarray | None = None
+        self.labels: np.ndarray | None = None
+        self.label_rows: np.ndarray | slice = slice(None)
+        self.label_cols: np.ndarray | None = None
+        if p.probabilistic:
+            t = p.labels[key].reshape(-1, K)
+            self.t = t if full else t[:, k0:k1]
+            self.n = t.shape[0]
+        else:
+            y = p.labels[key].reshape(-1)
+            self.n = y.shape[0]
+            self.labels = y
+            if full:
+                self.label_cols = y
+            else:
+                # Only the rows whose label falls in this window have a label term here.
+                inside = np.flatnonzero((y >= k0) & (y < k1))
+                self.label_rows = inside
+                self.label_cols = y[inside] - k0
+        self.rows = np.arange(self.n)
+        u = p.prior.values if p.prior.kind == "sample" else None
+        if u is not None:
+            u = u[key].reshape(-1, K)
+            u = u if full else u[:, k0:k1]
+        self.u: np.ndarray | None = u
+
+    @property
+    def global_labels(self) -> np.ndarray:
+        assert self.labels is not None
+        return self.labels
+
+    @property
+    def targets(self) -> np.ndarray:
+        assert self.t is not None
+        return self.t
+
+    @property
+    def sample_prior(self) -> np.ndarray:
+        assert self.u is not None
+        return self.u
+
+    def subset(self, which: np.ndarray) -> Block:
+        """The same targets for the rows ``which`` only (whole-row windows)."""
+        assert isinstance(self.label_rows, slice), "subsets are taken of whole rows"
+        sub = Block.__new__(Block)
+        sub.counted = None if self.counted is None else self.counted[which]
+        sub.t = None if self.t is None else self.t[which]
+        sub.labels = None if self.labels is None else self.labels[which]
+        sub.label_rows = slice(None)
+        sub.label_cols = sub.labels
+        sub.u = None if self.u is None else self.u[which]
+        sub.n = len(which)
+        sub.rows = np.arange(sub.n)
+        return sub
+
+    def label_positions(self) -> tuple[Any, np.ndarray]:
+        """``(rows, local columns)`` of the labels that fall in this block's window."""
+        if self.label_cols is None:
+            raise AssertionError("probability targets have no label positions")
+        rows = self.rows if isinstance(self.label_rows, slice) else self.label_rows
+        return rows, self.label_cols
+
+
+class Terms:
+    """Per-call constants of the closed form for the classes ``[k0, k1)``."""
+
+    def __init__(self, p: Problem, k0: int = 0, k1: int | None = None) -> None:
+        K, eps = p.num_classes, p.epsilon
+        k1 = K if k1 is None else k1
+        self.K, self.k0, self.k1 = K, k0, k1
+        self.eps, self.a = eps, 1.0 - eps
+        self.w_all = p.weight
+        self.w = None if p.weight is None else p.weight[k0:k1]
+        self.probabilistic = p.probabilistic
+        self.prior = p.prior
+        self.dtype = p.compute_dtype
+        # Uniform, "others" and class priors make the prior term a dot product of x
+        # with one vector; without weights the vector is constant and a row sum
+        # replaces the dot product.
+        self.p_const: float | None = None
+        self.p_vec: np.ndarray | None = None
+        self.p_vec_all: np.ndarray | None = None
+        kind = p.prior.kind
+        if kind in ("uniform", "others"):
+            share = 1.0 / (K if kind == "uniform" else K - 1)
+            if p.weight is None:
+                self.p_const = share
+            else:
+                self.p_vec_all = p.weight * share
+        elif kind == "class":
+            assert p.prior.values is not None
+            self.p_vec_all = p.prior.values if p.weight is None else p.prior.values * p.weight
+        if self.p_vec_all is not None:
+            self.p_vec = self.p_vec_all[k0:k1]
+        self.others = kind == "others"
+        # sum over the window of w_k u_k, before "others" removes the label's share.
+        self.prior_mass = (
+            float(self.p_vec.sum()) if self.p_vec is not None else (self.p_const or 0.0) * (k1 - k0)
+        )
+
+    # -- helpers ---------------------------------------------------------------
+    def _label_weight(self, blk: Block) -> Any:
+        """``w_y`` of the rows whose label is in the window (1.0 without weights)."""
+        if self.w_all is None:
+            return 1.0
+        return self.w_all[blk.global_labels[blk.label_rows]]
+
+    def _prior_share_at_label(self, blk: Block) -> Any:
+        """``w_y u_y`` of the uniform prior that ``"others"`` takes back from the label."""
+        if self.p_vec_all is None:
+            assert self.p_const is not None
+            return self.p_const
+        return self.p_vec_all[blk.global_labels[blk.label_rows]]
+
+    def _at_labels(self, values: Any, blk: Block) -> np.ndarray:
+        """Scatter per-label ``values`` into a zero row vector (window-aware)."""
+        out = np.zeros(blk.n, dtype=_F64)
+        out[blk.label_rows] = values
+        return out
+
+    # -- forward ---------------------------------------------------------------
+    def mass(self, blk: Block) -> Any:
+        """``W = sum_k w_k q_k`` over the window, per row (or a scalar when constant).
+
+        Needs no logits, so the gradient-only path computes no dot product.
+        """
+        W: Any = 0.0
+        w, a, eps = self.w, self.a, self.eps
+        full = isinstance(blk.label_rows, slice)
+        if a != 0.0:  # label part (absent when epsilon == 1)
+            if not self.probabilistic:
+                lw = a * self._label_weight(blk)
+                W = W + (lw if full else self._at_labels(lw, blk))
+            elif w is None:
+                W = W + a * blk.targets.sum(axis=1, dtype=_F64)
+            else:
+                W = W + a * _dot64("ik,k->i", blk.targets, w)
+        if eps != 0.0:  # prior part
+            if self.prior.kind == "sample":
+                u = blk.sample_prior
+                W = W + eps * (u.sum(axis=1, dtype=_F64) if w is None else _dot64("ik,k->i", u, w))
+            else:
+                W = W + eps * self.prior_mass
+                if self.others:
+                    share = eps * self._prior_share_at_label(blk)
+                    W = W - (share if full else self._at_labels(share, blk))
+        return W
+
+    def dot(self, x: np.ndarray, blk: Block) -> np.ndarray:
+        """``T = sum_k w_k q_k x_k`` over the window, per row, in float64.
+
+        ``x`` has shape (rows, window). May leave NaN in rows with a ``-inf`` entry;
+        :meth:`exact_dot` repairs them.
+        """
+        T = np.zeros(x.shape[0], dtype=_F64)
+        w, a, eps = self.w, self.a, self.eps
+        x_y = None
+        if not self.probabilistic:
+            rows, cols = blk.label_positions()
+            x_y = x[rows, cols].astype(_F64)
+        if a != 0.0:  # label part
+            if x_y is not None:
+                T[blk.label_rows] += a * (self._label_weight(blk) * x_y)
+            elif w is None:
+                T += a * _dot64("ik,ik->i", blk.targets, x)
+            else:
+                T += a * _dot64("ik,k,ik->i", blk.targets, w, x)
+        if eps != 0.0:  # prior part
+            if self.prior.kind == "sample":
+                u = blk.sample_prior
+                T += eps * (_dot64("ik,ik->i", u, x) if w is None else _dot64("ik,k,ik->i", u, w, x))
+            else:
+                if self.p_vec is None:
+                    assert self.p_const is not None
+                    T += (eps * self.p_const) * row_sums(x)
+                else:
+                    T += eps * _dot64("ik,k->i", x, self.p_vec)
+                if self.others:
+                    # u is zero on the label: take the label's term back out.
+                    assert x_y is not None
+                    T[blk.label_rows] -= eps * self._prior_share_at_label(blk) * x_y
+        return T
+
+    def exact_dot(self, x: np.ndarray, blk: Block, which: np.ndarray) -> np.ndarray:
+        """``T`` for the rows ``which``, term by term, with ``0 * (-inf)`` read as 0."""
+        K = self.K
+        prior = self.prior
+        if prior.kind == "sample":
+            # dense_targets wants the whole class axis; pad the window's rows.
+            full_u = np.zeros((int(np.count_nonzero(which)), K))
+            full_u[:, self.k0 : self.k1] = blk.sample_prior[which]
+            prior = Prior("sample", full_u)
+        if self.probabilistic:
+            labels = np.zeros((int(np.count_nonzero(which)), K))
+            labels[:, self.k0 : self.k1] = blk.targets[which]
+        else:
+            labels = blk.global_labels[which]
+        wq = dense_targets(labels, self.probabilistic, prior, self.eps, K, _F64)
+        wq = wq[:, self.k0 : self.k1]
+        if self.w is not None:
+            wq *= self.w
+        with np.errstate(invalid="ignore"):
+            terms = wq * x[which]
+        terms[wq == 0.0] = 0.0
+        result: np.ndarray = terms.sum(axis=1)
+        return result
+
+    # -- backward --------------------------------------------------------------
+    def subtract_targets(self, g: np.ndarray, blk: Block, c: float) -> None:
+        """``g -= c * w * q`` over the window, in place, without forming ``q``."""
+        w, a, eps = self.w, self.a, self.eps
+        if self.probabilistic and a != 0.0:
+            t = blk.targets
+            g -= (c * a) * (t if w is None else t * w)
+        if eps != 0.0:
+            if self.prior.kind == "sample":
+                u = blk.sample_prior
+                g -= (c * eps) * (u if w is None else u * w)
+            elif self.p_vec is None:
+                assert self.p_const is not None
+                g -= g.dtype.type(c * eps * self.p_const)
+            else:
+                g -= (c * eps * self.p_vec).astype(g.dtype)
+        if not self.probabilistic:
+            # One scatter per row: the label's (1 - eps) w_y, and for "others" the
+            # prior share just subtracted from the label column is given back.
+            at_label = a * self._label_weight(blk)
+            if eps != 0.0 and self.others:
+                at_label = at_label - eps * self._prior_share_at_label(blk)
+            rows, cols = blk.label_positions()
+            g[rows, cols] -= c * at_label
