@@ -111,7 +111,7 @@ def _exp_and_dot(
         with np.errstate(invalid="ignore"):  # 0 * -inf in masked rows, repaired below
             T = terms.dot(z2, blk)
     lo, hi = fast_exp_bounds(terms.K)
-    outside = ~((S >= lo) & (S <= hi))  # NaN compares False: NaN rows are redone
+    outside = ~((lo <= S) & (S <= hi))  # NaN compares False: NaN rows are redone
     if outside.any():
         idx = np.flatnonzero(outside)
         sub_ws = np.empty((len(idx), z2.shape[1]), dtype=ws.dtype)
@@ -193,14 +193,19 @@ class _Call:
                     and is_view_of(g2, g_blk)
                 ):
                     ws = g2  # the gradient block is the workspace: no copy
+                    if np.may_share_memory(ws, z2):
+                        # In place (out=logits): the exponentials would overwrite z
+                        # before the terms read it; read a copy, same bits as ever.
+                        if ws_all is None:
+                            ws_all = np.empty((per_block, K), dtype=p.compute_dtype)
+                        scratch = ws_all[: z2.shape[0]]
+                        np.copyto(scratch, z2)
+                        z2 = scratch
                 else:
                     if ws_all is None:
                         ws_all = np.empty((per_block, K), dtype=p.compute_dtype)
                     ws = ws_all[: z2.shape[0]]
-                # In place (out=logits) the exponentials overwrite z, which the fast
-                # path still reads afterwards; the shifted path reads z first.
-                fast = self.fast and not np.may_share_memory(ws, z2)
-                S, T = _exp_and_dot(z2, ws, terms, blk, self.want_loss, fast)
+                S, T = _exp_and_dot(z2, ws, terms, blk, self.want_loss, self.fast)
                 W = terms.mass(blk)
                 if T is not None:
                     partial[i] = self.store_loss(key, W * np.log(S) - T, blk.counted)
@@ -310,10 +315,8 @@ def evaluate(
         g_moved = None if g_moved is None else g_moved[np.newaxis]
         p = _with_batch_axis(p)
     call = _Call(p, want_loss, g_moved)
-    if p.num_classes <= BLOCK_ELEMENTS:
-        total = call.rows(workers)
-    else:
-        total = call.streamed(workers)
+    streamed = p.num_classes > BLOCK_ELEMENTS
+    total = call.streamed(workers) if streamed else call.rows(workers)
     if not want_loss:
         return None, grad
     if call.loss_rows is not None:

@@ -88,8 +88,8 @@ def run_ranges(n_items: int, n_workers: int, work: Callable[[int, int], None]) -
     except BaseException as exc:  # finish the others before raising
         error = exc
     for f in futures:
-        exc = f.exception()
-        if exc is not None and error is None:
-            error = exc
+        failure = f.exception()
+        if failure is not None and error is None:
+            error = failure
     if error is not None:
         raise error

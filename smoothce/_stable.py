@@ -91,7 +91,8 @@ def row_sums(x: np.ndarray) -> np.ndarray:
     acc = np.promote_types(x.dtype, np.float32)
     n, k = x.shape
     if k <= SUM_CHUNK:
-        return np.einsum("ij->i", x, dtype=acc).astype(np.float64)
+        sums: np.ndarray = np.einsum("ij->i", x, dtype=acc).astype(np.float64)
+        return sums
     whole = (k // SUM_CHUNK) * SUM_CHUNK
     # Rows are contiguous runs, so the first `whole` columns reshape to a view.
     parts = np.einsum("ijk->ij", x[:, :whole].reshape(n, -1, SUM_CHUNK), dtype=acc)

@@ -158,7 +158,9 @@ class Terms:
         self.others = kind == "others"
         # sum over the window of w_k u_k, before "others" removes the label's share.
         self.prior_mass = (
-            float(self.p_vec.sum()) if self.p_vec is not None else (self.p_const or 0.0) * (k1 - k0)
+            float(self.p_vec.sum())
+            if self.p_vec is not None
+            else (self.p_const or 0.0) * (k1 - k0)
         )
 
     # -- helpers ---------------------------------------------------------------
@@ -231,7 +233,9 @@ class Terms:
         if eps != 0.0:  # prior part
             if self.prior.kind == "sample":
                 u = blk.sample_prior
-                T += eps * (_dot64("ik,ik->i", u, x) if w is None else _dot64("ik,k,ik->i", u, w, x))
+                T += eps * (
+                    _dot64("ik,ik->i", u, x) if w is None else _dot64("ik,k,ik->i", u, w, x)
+                )
             else:
                 if self.p_vec is None:
                     assert self.p_const is not None
