@@ -145,7 +145,7 @@ class _Call:
         self.fast = p.compute_dtype == np.float32
 
     def store_loss(self, key: Any, loss: np.ndarray, counted: np.ndarray | None) -> float:
-        """Zero the ignored rows; write ``"none"`` losses; return the tile's sum."""
+        """Zero the ignored rows; write ``"none"`` losses; return the block's sum."""
         if counted is not None:
             loss[~counted] = 0.0
         if self.loss_rows is not None:
@@ -166,12 +166,20 @@ class _Call:
 
     # -- whole rows ------------------------------------------------------------
     def rows(self, workers: Any) -> float:
+        """Blocks of whole rows: one pass, threads over contiguous block ranges.
+
+        The per-block Python work is kept to a handful of NumPy calls: it runs with
+        the GIL held, so it is what limits both small blocks and threads.
+        """
         p, K = self.p, self.K
         per_block = max(1, BLOCK_ELEMENTS // K)
         keys = list(row_blocks(p.batch_shape, per_block))
+        n_rows = math.prod(p.batch_shape)
         partial = np.zeros(len(keys))
         terms = Terms(p)
-        n = resolve_workers(workers, math.prod(p.batch_shape) * K, len(keys))
+        # The loss mass is the same on every row in the common case: compute it once.
+        constant_mass = terms.constant_mass()
+        n = resolve_workers(workers, n_rows * K, len(keys))
 
         def work(i0: int, i1: int) -> None:
             ws_all: np.ndarray | None = None
@@ -206,9 +214,13 @@ class _Call:
                         ws_all = np.empty((per_block, K), dtype=p.compute_dtype)
                     ws = ws_all[: z2.shape[0]]
                 S, T = _exp_and_dot(z2, ws, terms, blk, self.want_loss, self.fast)
-                W = terms.mass(blk)
+                W = terms.mass(blk) if constant_mass is None else constant_mass
                 if T is not None:
-                    partial[i] = self.store_loss(key, W * np.log(S) - T, blk.counted)
+                    loss = np.log(S)
+                    if not (isinstance(W, float) and W == 1.0):
+                        loss *= W
+                    loss -= T
+                    partial[i] = self.store_loss(key, loss, blk.counted)
                 if g_blk is not None:
                     self.finish_grad(ws, W, S, terms, blk)
                     if ws is not g2:
@@ -253,6 +265,8 @@ class _Call:
             rel = np.where(empty, 0.0, m - m_row[:, np.newaxis])
             S_row = (S * np.exp(rel)).sum(axis=1)
             T_parts = np.where(empty, np.where(Wc > 0, -np.inf, 0.0), T + Wc * rel)
+        # Every chunk masked: no softmax at all; NaN, as for a whole row of -inf.
+        S_row[empty.all(axis=1)] = np.nan
         W_row = Wc.sum(axis=1)
         total = 0.0
         if self.want_loss:

@@ -55,10 +55,14 @@ def _dot64(subscripts: str, *operands: np.ndarray) -> np.ndarray:
 class Block:
     """The targets of the rows ``key`` restricted to the classes ``[k0, k1)``."""
 
-    __slots__ = ("counted", "label_cols", "label_rows", "labels", "n", "rows", "t", "u")
+    __slots__ = (
+        "K", "counted", "flat_labels", "label_cols", "label_rows", "labels", "n", "rows", "t",
+        "u",
+    )  # fmt: skip
 
     def __init__(self, p: Problem, key: Key, k0: int, k1: int) -> None:
         K = p.num_classes
+        self.K = K
         full = k0 == 0 and k1 == K
         self.counted = None if p.counted is None else p.counted[key].reshape(-1)
         self.t: np.ndarray | None = None
@@ -75,12 +79,17 @@ class Block:
             self.labels = y
             if full:
                 self.label_cols = y
+                # Positions of the labels in the flattened (rows, K) block: a `take`
+                # and a flat scatter cost a third of 2-D fancy indexing.
+                self.flat_labels = np.arange(self.n) * K + y
             else:
                 # Only the rows whose label falls in this window have a label term here.
                 inside = np.flatnonzero((y >= k0) & (y < k1))
                 self.label_rows = inside
                 self.label_cols = y[inside] - k0
         self.rows = np.arange(self.n)
+        if not full or p.probabilistic:
+            self.flat_labels = None
         u = p.prior.values if p.prior.kind == "sample" else None
         if u is not None:
             u = u[key].reshape(-1, K)
@@ -106,13 +115,15 @@ class Block:
         """The same targets for the rows ``which`` only (whole-row windows)."""
         assert isinstance(self.label_rows, slice), "subsets are taken of whole rows"
         sub = Block.__new__(Block)
+        sub.n = len(which)
         sub.counted = None if self.counted is None else self.counted[which]
         sub.t = None if self.t is None else self.t[which]
         sub.labels = None if self.labels is None else self.labels[which]
         sub.label_rows = slice(None)
         sub.label_cols = sub.labels
+        sub.K = self.K
+        sub.flat_labels = None if sub.labels is None else np.arange(sub.n) * self.K + sub.labels
         sub.u = None if self.u is None else self.u[which]
-        sub.n = len(which)
         sub.rows = np.arange(sub.n)
         return sub
 
@@ -156,6 +167,10 @@ class Terms:
         if self.p_vec_all is not None:
             self.p_vec = self.p_vec_all[k0:k1]
         self.others = kind == "others"
+        # The common case (PyTorch's default and the benchmarks): integer labels over
+        # whole rows with the same prior share on every class. Its terms need one row
+        # sum and one gather, and its gradient one scalar subtract and one scatter.
+        self.hot = not p.probabilistic and self.p_const is not None and k0 == 0 and k1 == K
         # sum over the window of w_k u_k, before "others" removes the label's share.
         self.prior_mass = (
             float(self.p_vec.sum())
@@ -184,6 +199,19 @@ class Terms:
         return out
 
     # -- forward ---------------------------------------------------------------
+    def constant_mass(self) -> float | None:
+        """``W`` when it is the same for every row (no weights, no per-row targets)."""
+        if self.probabilistic or self.prior.kind == "sample" or self.w_all is not None:
+            return None
+        if self.k0 != 0 or self.k1 != self.K:
+            return None
+        # a * 1 + eps * (sum of u over the classes, minus the label's share for "others")
+        mass = self.a + self.eps * self.prior_mass
+        if self.others:
+            assert self.p_const is not None
+            mass -= self.eps * self.p_const
+        return mass
+
     def mass(self, blk: Block) -> Any:
         """``W = sum_k w_k q_k`` over the window, per row (or a scalar when constant).
 
@@ -217,6 +245,8 @@ class Terms:
         ``x`` has shape (rows, window). May leave NaN in rows with a ``-inf`` entry;
         :meth:`exact_dot` repairs them.
         """
+        if self.hot:
+            return self._hot_dot(x, blk)
         T = np.zeros(x.shape[0], dtype=_F64)
         w, a, eps = self.w, self.a, self.eps
         x_y = None
@@ -248,6 +278,21 @@ class Terms:
                     T[blk.label_rows] -= eps * self._prior_share_at_label(blk) * x_y
         return T
 
+    def _hot_dot(self, x: np.ndarray, blk: Block) -> np.ndarray:
+        """:meth:`dot` for :attr:`hot`: ``eps u0 sum_k x_k + (a - eps u0 [others]) x_y``."""
+        assert self.p_const is not None
+        share = self.eps * self.p_const
+        assert blk.flat_labels is not None
+        x_y = x.reshape(-1).take(blk.flat_labels)
+        at_label = self.a - share if self.others else self.a
+        if share == 0.0:
+            T: np.ndarray = at_label * x_y.astype(_F64)
+            return T
+        T = row_sums(x)
+        T *= share
+        T += at_label * x_y
+        return T
+
     def exact_dot(self, x: np.ndarray, blk: Block, which: np.ndarray) -> np.ndarray:
         """``T`` for the rows ``which``, term by term, with ``0 * (-inf)`` read as 0."""
         K = self.K
@@ -276,6 +321,15 @@ class Terms:
     def subtract_targets(self, g: np.ndarray, blk: Block, c: float) -> None:
         """``g -= c * w * q`` over the window, in place, without forming ``q``."""
         w, a, eps = self.w, self.a, self.eps
+        if self.hot:
+            assert self.p_const is not None
+            share = eps * self.p_const
+            if share != 0.0:
+                g -= g.dtype.type(c * share)
+            assert blk.flat_labels is not None
+            flat = g.reshape(-1)  # g is a C-contiguous block: a view
+            flat[blk.flat_labels] -= g.dtype.type(c * (a - share if self.others else a))
+            return
         if self.probabilistic and a != 0.0:
             t = blk.targets
             g -= (c * a) * (t if w is None else t * w)
