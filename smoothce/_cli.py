@@ -1,7 +1,8 @@
-"""The command line: ``python -m smoothce``.
+"""The command line: ``python -m smoothce [bench]``.
 
-With no command it runs the main job: the seed document's worked examples computed
-by the library, and one timing of smoothce against the naive softmax-then-log code.
+``python -m smoothce`` prints the seed document's worked examples computed by the
+library and one quick timing; ``python -m smoothce bench`` times smoothce against the
+naive NumPy code, the exp floor and PyTorch (when installed) and prints the ratios.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from . import __version__
 from ._baselines import naive_loss_and_grad
+from ._bench import DEFAULT_SHAPES, format_table, measure_shape
 from ._loss import cross_entropy_with_grad, soft_target_cross_entropy
 
 #: The three worked examples of the seed document: (logits, labels, K, epsilon, mean).
@@ -73,38 +75,115 @@ def run_timing(shape: tuple[int, int], epsilon: float, repeats: int, out: Any) -
     )
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
+    return value
+
+
+def _workers(text: str) -> int:
+    value = int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be a non-zero integer (-1 = all cores)")
+    return value
+
+
+def _epsilon(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1]; got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m smoothce",
         description=(
-            "Softmax cross-entropy with label smoothing. Without arguments: compute the "
+            "Softmax cross-entropy with label smoothing. Without a command: compute the "
             "seed document's worked examples and time smoothce against naive NumPy."
         ),
     )
     parser.add_argument("--version", action="version", version=f"smoothce {__version__}")
     parser.add_argument(
-        "--shape", nargs=2, type=int, metavar=("N", "K"), default=(4096, 1000),
+        "--shape", nargs=2, type=_positive, metavar=("N", "K"), default=(4096, 1000),
         help="logits shape for the timing (default: 4096 1000)",
     )  # fmt: skip
     parser.add_argument(
-        "--epsilon", type=float, default=0.1, help="smoothing for the timing (default: 0.1)"
+        "--epsilon", type=_epsilon, default=0.1, help="smoothing for the timing (default: 0.1)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=7, help="timed repetitions, median reported (default: 7)"
-    )
+        "--repeats", type=_positive, default=7,
+        help="timed repetitions, median reported (default: 7)",
+    )  # fmt: skip
     parser.add_argument("--no-timing", action="store_true", help="only the worked examples")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    bench = sub.add_parser(
+        "bench",
+        help="time smoothce against naive NumPy, the exp floor and PyTorch",
+        description=(
+            "Time smoothce (forward, and forward+gradient) against the naive "
+            "softmax-then-log code, the exp floor (one np.exp over the logits) and, when "
+            "installed, PyTorch's F.cross_entropy, on the same arrays. Prints medians "
+            "over interleaved rounds, the ratios, and extra peak memory."
+        ),
+    )
+    bench.add_argument(
+        "--shape", nargs=2, type=_positive, metavar=("N", "K"), action="append",
+        help="a logits shape; repeat for several (default: " + ", ".join(
+            f"{n} {k}" for n, k in DEFAULT_SHAPES) + ")",
+    )  # fmt: skip
+    bench.add_argument(
+        "--dtype", choices=["float32", "float64"], default="float32",
+        help="logits dtype (default: float32)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--workers", type=_workers, action="append",
+        help="smoothce workers and PyTorch threads; repeat for several "
+        "(default: 1 and all cores)",
+    )  # fmt: skip
+    bench.add_argument("--epsilon", type=_epsilon, default=0.1, help="smoothing (default: 0.1)")
+    bench.add_argument(
+        "--rounds", type=_positive, default=7,
+        help="timed rounds per shape, fewer when a round is slow (default: 7)",
+    )  # fmt: skip
     return parser
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from ._parallel import available_cores
+
+    shapes = [tuple(s) for s in args.shape] if args.shape else DEFAULT_SHAPES
+    cores = available_cores()
+    workers = None
+    if args.workers:
+        workers = sorted({w if w > 0 else max(1, cores + 1 + w) for w in args.workers})
+    print(
+        f"smoothce {__version__} bench: {len(shapes)} shape(s), {args.dtype}, "
+        f"epsilon={args.epsilon}, {cores} core(s)",
+        flush=True,
+    )
+    results = []
+    for shape in shapes:
+        results.append(
+            measure_shape(
+                (int(shape[0]), int(shape[1])),
+                dtype=args.dtype,
+                epsilon=args.epsilon,
+                workers=workers,
+                rounds=args.rounds,
+                progress=sys.stderr,
+            )
+        )
+    format_table(results, sys.stdout)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        return run_bench(args)
     n, k = args.shape
-    if n < 1 or k < 1:
-        print(f"error: --shape needs positive N and K; got {n} {k}", file=sys.stderr)
-        return 2
-    if args.repeats < 1:
-        print(f"error: --repeats must be at least 1; got {args.repeats}", file=sys.stderr)
-        return 2
     print(f"smoothce {__version__}: softmax cross-entropy with soft targets\n")
     ok = run_examples(sys.stdout)
     if not args.no_timing:

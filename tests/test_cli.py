@@ -34,10 +34,16 @@ def test_version_flag():
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--shape", "0", "5"], "--shape needs positive N and K"), (["--repeats", "0"], "--repeats")],
+    [
+        (["--shape", "0", "5"], "must be a positive integer; got 0"),
+        (["--repeats", "0"], "--repeats"),
+        (["bench", "--epsilon", "2"], "must be in [0, 1]; got 2.0"),
+        (["bench", "--workers", "0"], "must be a non-zero integer"),
+        (["bench", "--dtype", "float16"], "invalid choice: 'float16'"),
+    ],
 )
 def test_bad_arguments_exit_with_status_2(args, message):
-    result = _run(*args, "--no-timing")
+    result = _run(*args)
     assert result.returncode == 2
     assert message in result.stderr
 
@@ -47,3 +53,25 @@ def test_a_wrong_example_makes_the_exit_status_nonzero(monkeypatch, capsys):
     monkeypatch.setattr(_cli, "SEED_EXAMPLES", wrong)
     assert _cli.main(["--no-timing"]) == 1
     assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_bench_times_every_candidate_and_prints_the_ratios():
+    result = _run(
+        "bench", "--shape", "64", "50", "--workers", "1", "--workers", "2", "--rounds", "3"
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for name in ("exp floor", "smoothce forward w1", "smoothce fwd+grad w2", "naive fwd+grad"):
+        assert name in out
+    assert "fwd+grad w1 is" in out
+    assert "faster than naive" in out
+    assert "workers=2 is" in out
+    assert "extra peak memory, smoothce forward" in out
+    assert "round 3/3" in result.stderr  # progress goes to stderr
+
+
+def test_bench_help_reads_well():
+    result = _run("bench", "--help")
+    assert result.returncode == 0
+    assert "exp floor" in result.stdout
+    assert "--workers" in result.stdout
