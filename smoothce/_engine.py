@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 
 from ._parallel import resolve_workers, run_ranges
-from ._stable import BLOCK_ELEMENTS, fast_exp_bounds, is_view_of, row_blocks, row_sums, shift_rows
+from ._stable import BLOCK_ELEMENTS, is_view_of, row_blocks, row_sums, shift_rows
 from ._terms import Block, Terms
-from ._validation import Prior, Problem
+from ._validation import Prior, Problem, classes_last
 
 __all__ = ["evaluate", "mean_denominator"]
 
@@ -103,24 +103,28 @@ def _exp_and_dot(
     if not fast:
         _, S, T = _shifted(z2, ws, terms, blk, want_T)
         return S, T
-    with np.errstate(over="ignore"):  # overflowing rows leave the range and are redone
+    # One error-state context for both steps: overflowing rows leave the fast range
+    # and are redone below, and 0 * -inf in masked rows is repaired below.
+    with np.errstate(over="ignore", invalid="ignore"):
         np.exp(z2, out=ws, dtype=ws.dtype)
-    S = row_sums(ws)
-    T = None
-    if want_T:
-        with np.errstate(invalid="ignore"):  # 0 * -inf in masked rows, repaired below
-            T = terms.dot(z2, blk)
-    lo, hi = fast_exp_bounds(terms.K)
-    outside = ~((lo <= S) & (S <= hi))  # NaN compares False: NaN rows are redone
-    if outside.any():
+        S = row_sums(ws)
+        T = terms.dot(z2, blk) if want_T else None
+    lo, hi = terms.fast_range
+    # Two reductions decide the common case (NaN propagates through min and max, so
+    # a NaN row also lands in the slow branch); the mask is built only when needed.
+    outside = None
+    if not (lo <= S.min() and S.max() <= hi):
+        outside = ~((lo <= S) & (S <= hi))  # NaN compares False: NaN rows are redone
         idx = np.flatnonzero(outside)
         sub_ws = np.empty((len(idx), z2.shape[1]), dtype=ws.dtype)
         _, S[idx], T_sub = _shifted(z2[idx], sub_ws, terms, blk.subset(idx), want_T)
         ws[idx] = sub_ws
         if T is not None:
             T[idx] = T_sub
-    if T is not None:
-        repair = ~np.isfinite(T) & ~outside
+    if T is not None and not np.isfinite(T.sum()):
+        repair = ~np.isfinite(T)
+        if outside is not None:
+            repair &= ~outside
         if repair.any():
             T[repair] = terms.exact_dot(z2, blk, repair)
     return S, T
@@ -322,7 +326,7 @@ def evaluate(
     (loss, grad)
         ``loss`` is None when ``want_loss`` is False.
     """
-    g_moved = None if grad is None else np.moveaxis(grad, p.axis, -1)
+    g_moved = None if grad is None else classes_last(grad, p.axis)
     single = not p.batch_shape
     if single:
         # A single sample: give it a batch axis of one row; views, no copies.

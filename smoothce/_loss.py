@@ -98,9 +98,9 @@ def _validate_out(out: Any, p: Problem, logits: Any, labels: Any) -> np.ndarray:
                 "out may be logits itself (in-place) but must not partly overlap it; "
                 "got an array sharing memory with logits at a different offset or layout."
             )
-    others = [labels, p.labels, p.prior.values]
-    if any(isinstance(a, np.ndarray) and np.may_share_memory(out, a) for a in others):
-        raise ValueError("out must not share memory with labels or prior.")
+    for a in (labels, p.labels, p.prior.values):
+        if isinstance(a, np.ndarray) and np.may_share_memory(out, a):
+            raise ValueError("out must not share memory with labels or prior.")
     return out
 
 

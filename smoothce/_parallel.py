@@ -8,6 +8,7 @@ whichever thread runs it and partial results are combined in block order, so eve
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 import threading
@@ -26,8 +27,12 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
+@functools.lru_cache(maxsize=1)
 def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS reports it)."""
+    """Cores this process may run on (its CPU affinity where the OS reports it).
+
+    Read once: the system call costs more than a small loss call's arithmetic.
+    """
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - macOS and Windows

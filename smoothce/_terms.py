@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ._stable import Key, row_sums
+from ._stable import Key, fast_exp_bounds, row_sums
 from ._targets import dense_targets
 from ._validation import Prior, Problem
 
@@ -171,6 +171,7 @@ class Terms:
         # whole rows with the same prior share on every class. Its terms need one row
         # sum and one gather, and its gradient one scalar subtract and one scatter.
         self.hot = not p.probabilistic and self.p_const is not None and k0 == 0 and k1 == K
+        self.fast_range = fast_exp_bounds(K)
         # sum over the window of w_k u_k, before "others" removes the label's share.
         self.prior_mass = (
             float(self.p_vec.sum())

@@ -70,7 +70,8 @@ class Problem:
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
-        return self.z.shape[:-1]
+        shape: tuple[int, ...] = self.z.shape[:-1]
+        return shape
 
     @property
     def scalar_dtype(self) -> np.dtype[Any]:
@@ -97,6 +98,17 @@ def check_logits(logits: npt.ArrayLike, axis: Any) -> tuple[np.ndarray, int]:
             f"logits must have at least one class along axis {axis}; got shape {arr.shape}."
         )
     return arr, axis
+
+
+def classes_last(a: np.ndarray, axis: int) -> np.ndarray:
+    """``a`` with ``axis`` moved last: a view (``a`` itself when it already is last).
+
+    ``np.moveaxis`` costs microseconds of Python; small calls feel it, so the common
+    case of classes already last skips it.
+    """
+    if axis == a.ndim - 1:
+        return a
+    return np.moveaxis(a, axis, -1)
 
 
 def check_axis(axis: Any, ndim: int) -> int:
@@ -200,7 +212,10 @@ def check_class_indices(
         ignored = labels == ignore_index
         if ignored.any():
             counted = ~ignored
-    # One pass over the labels; int64 compare is safe for every integer dtype we accept.
+    # Without ignored entries two reductions settle it; the mask (and the position of
+    # the first offender) is built only when something is out of range.
+    if counted is None and (labels.size == 0 or (labels.min() >= 0 and labels.max() < K)):
+        return labels.astype(np.intp, copy=False), None
     bad = (labels < 0) | (labels >= K)
     if counted is not None:
         bad &= counted
@@ -293,7 +308,7 @@ def check_prior(
             ) from None
         kind = "sample"
         sums = values.sum(axis=class_axis, dtype=np.float64)
-        values = np.moveaxis(values, class_axis, -1)
+        values = classes_last(values, class_axis % len(out_shape))
     check_distribution_array("prior", u)
     eps = np.finfo(u.dtype).eps if u.dtype.kind == "f" else np.finfo(np.float64).eps
     tol = max(K, 16) * float(eps)
@@ -357,10 +372,10 @@ def prepare(
                 f"with ignore_index={ignore}."
             )
         check_distribution_array("labels", y, rule="non-negative and finite (probabilities)")
-        y = np.moveaxis(y, ax, -1)
+        y = classes_last(y, ax)
         counted = None
     return Problem(
-        z=np.moveaxis(z_in, ax, -1),
+        z=classes_last(z_in, ax),
         logits_shape=z_in.shape,
         axis=ax,
         num_classes=K,
