@@ -231,7 +231,7 @@ class _Call:
                         g_blk[...] = ws.reshape(g_blk.shape)
 
         run_ranges(len(keys), n, work)
-        return math.fsum(partial)
+        return float(partial[0]) if len(partial) == 1 else math.fsum(partial)
 
     # -- streamed rows -----------------------------------------------------------
     def streamed(self, workers: Any) -> float:

@@ -28,6 +28,7 @@ by term from the dense target and gives ``+inf`` loss only where ``q_k > 0``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -52,12 +53,22 @@ def _dot64(subscripts: str, *operands: np.ndarray) -> np.ndarray:
     return result
 
 
+@functools.lru_cache(maxsize=32)
+def _row_offsets(n: int, K: int) -> np.ndarray:
+    """``arange(n) * K``, read-only and cached: the start of each row in a flat block.
+
+    Blocks of one call, and the calls of a training loop, share their shapes.
+    """
+    offsets = np.arange(n) * K
+    offsets.setflags(write=False)
+    return offsets
+
+
 class Block:
     """The targets of the rows ``key`` restricted to the classes ``[k0, k1)``."""
 
     __slots__ = (
-        "K", "counted", "flat_labels", "label_cols", "label_rows", "labels", "n", "rows", "t",
-        "u",
+        "K", "counted", "flat_labels", "label_cols", "label_rows", "labels", "n", "t", "u",
     )  # fmt: skip
 
     def __init__(self, p: Problem, key: Key, k0: int, k1: int) -> None:
@@ -81,13 +92,12 @@ class Block:
                 self.label_cols = y
                 # Positions of the labels in the flattened (rows, K) block: a `take`
                 # and a flat scatter cost a third of 2-D fancy indexing.
-                self.flat_labels = np.arange(self.n) * K + y
+                self.flat_labels = _row_offsets(self.n, K) + y
             else:
                 # Only the rows whose label falls in this window have a label term here.
                 inside = np.flatnonzero((y >= k0) & (y < k1))
                 self.label_rows = inside
                 self.label_cols = y[inside] - k0
-        self.rows = np.arange(self.n)
         if not full or p.probabilistic:
             self.flat_labels = None
         u = p.prior.values if p.prior.kind == "sample" else None
@@ -124,14 +134,13 @@ class Block:
         sub.K = self.K
         sub.flat_labels = None if sub.labels is None else np.arange(sub.n) * self.K + sub.labels
         sub.u = None if self.u is None else self.u[which]
-        sub.rows = np.arange(sub.n)
         return sub
 
     def label_positions(self) -> tuple[Any, np.ndarray]:
         """``(rows, local columns)`` of the labels that fall in this block's window."""
         if self.label_cols is None:
             raise AssertionError("probability targets have no label positions")
-        rows = self.rows if isinstance(self.label_rows, slice) else self.label_rows
+        rows = np.arange(self.n) if isinstance(self.label_rows, slice) else self.label_rows
         return rows, self.label_cols
 
 
