@@ -157,12 +157,10 @@ class _Call:
             return 0.0
         return float(loss.sum())
 
-    def finish_grad(
-        self, ws: np.ndarray, W: Any, S: np.ndarray, terms: Terms, blk: Block, scale_by: Any = 1.0
-    ) -> None:
+    def finish_grad(self, ws: np.ndarray, W: Any, S: np.ndarray, terms: Terms, blk: Block) -> None:
         """Turn the exponentials in ``ws`` into the gradient, in place."""
         # W p c = exp(x) * (c W / S): one multiply over the block.
-        scale = (self.c * scale_by * W / S).astype(ws.dtype)
+        scale = (self.c * W / S).astype(ws.dtype)
         ws *= scale[:, np.newaxis]
         terms.subtract_targets(ws, blk, self.c)
         if blk.counted is not None:
@@ -293,8 +291,8 @@ class _Call:
                         np.subtract(x, m_row[r], out=buf, dtype=buf.dtype)
                     np.exp(buf, out=buf)
                     blk = Block(p, keys[r], k0, k1)
-                    W = np.broadcast_to(win_terms[j].mass(blk), (1,)) * 0 + W_row[r]
-                    self.finish_grad(buf, W, S_row[r : r + 1], win_terms[j], blk)
+                    # p = exp(z - m) / S needs the whole row's mass, not the chunk's.
+                    self.finish_grad(buf, W_row[r], S_row[r : r + 1], win_terms[j], blk)
                     g_moved[keys[r]].reshape(-1, K)[:, k0:k1] = buf
 
             run_ranges(len(keys) * nw, n, second_pass)
