@@ -7,6 +7,7 @@ weights, ``ignore_index``, reductions, probability targets and extra dimensions.
 
 from importlib import metadata as _metadata
 
+from . import calibration
 from ._loss import (
     cross_entropy,
     cross_entropy_grad,
@@ -23,6 +24,7 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from an uni
 
 __all__ = [
     "__version__",
+    "calibration",
     "cross_entropy",
     "cross_entropy_grad",
     "cross_entropy_with_grad",

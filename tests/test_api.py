@@ -19,9 +19,12 @@ PUBLIC = {
 
 
 def test_all_lists_exactly_the_public_api():
-    assert set(smoothce.__all__) == PUBLIC | {"__version__"}
+    assert set(smoothce.__all__) == PUBLIC | {"__version__", "calibration"}
     public_attrs = {n for n in dir(smoothce) if not n.startswith("_")}
-    assert public_attrs == PUBLIC
+    assert public_attrs == PUBLIC | {"calibration"}
+    assert set(smoothce.calibration.__all__) == {
+        "BinCounts", "expected_calibration_error", "reliability_curve",
+    }  # fmt: skip
 
 
 def test_version_comes_from_the_package_metadata():
