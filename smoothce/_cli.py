@@ -1,8 +1,9 @@
-"""The command line: ``python -m smoothce [bench]``.
+"""The command line: ``python -m smoothce [bench | eval]``.
 
 ``python -m smoothce`` prints the seed document's worked examples computed by the
 library and one quick timing; ``python -m smoothce bench`` times smoothce against the
-naive NumPy code, the exp floor and PyTorch (when installed) and prints the ratios.
+naive NumPy code, the exp floor and PyTorch (when installed) and prints the ratios;
+``python -m smoothce eval`` reports the metrics of saved logits and labels.
 """
 
 from __future__ import annotations
@@ -147,7 +148,66 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds", type=_positive, default=7,
         help="timed rounds per shape, fewer when a round is slow (default: 7)",
     )  # fmt: skip
+    ev = sub.add_parser(
+        "eval",
+        help="metrics of saved logits and labels (.npy): loss, NLL, accuracy, ECE",
+        description=(
+            "Evaluate saved model outputs: the label-smoothed loss, the NLL "
+            "(plain cross-entropy), perplexity, accuracy and expected calibration error. "
+            "Both files are memory-mapped and streamed in chunks, so they may be larger "
+            "than memory. Exit status 2 on a missing file, a wrong shape or bad labels."
+        ),
+        epilog="example: python -m smoothce eval logits.npy labels.npy --epsilon 0.1 --json",
+    )
+    ev.add_argument("logits", metavar="LOGITS.npy", help="logits, classes on --axis")
+    ev.add_argument(
+        "labels", metavar="LABELS.npy",
+        help="integer class labels: the logits' shape without the class axis",
+    )  # fmt: skip
+    ev.add_argument(
+        "--epsilon", type=_epsilon, default=0.1,
+        help="smoothing of the reported smoothed loss (default: 0.1)",
+    )  # fmt: skip
+    ev.add_argument("--axis", type=int, default=-1, help="the class axis (default: -1)")
+    ev.add_argument(
+        "--ignore-index", type=int, default=None, metavar="N",
+        help="leave out elements whose label is N (e.g. -100 for padding)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--prior", default=None, metavar="uniform|others|PRIOR.npy",
+        help="smoothing prior: uniform (default), others (fairseq), or a .npy class prior",
+    )  # fmt: skip
+    ev.add_argument(
+        "--bins", type=_positive, default=15, help="confidence bins of the ECE (default: 15)"
+    )
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="progress bar on standard error (default: for logits over 256 MiB on a terminal)",
+    )  # fmt: skip
+    ev.add_argument("--chunk-elements", type=_positive, default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from ._eval import CHUNK_ELEMENTS, EvalError, evaluate_files
+
+    try:
+        report = evaluate_files(
+            args.logits, args.labels, epsilon=args.epsilon, axis=args.axis,
+            ignore_index=args.ignore_index, prior=args.prior, bins=args.bins,
+            progress=args.progress, chunk_elements=args.chunk_elements or CHUNK_ELEMENTS,
+        )  # fmt: skip
+    except EvalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        print(report.format())
+    return 0
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -183,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "bench":
         return run_bench(args)
+    if args.command == "eval":
+        return run_eval(args)
     n, k = args.shape
     print(f"smoothce {__version__}: softmax cross-entropy with soft targets\n")
     ok = run_examples(sys.stdout)

@@ -1,0 +1,187 @@
+"""``python -m smoothce eval``: metrics of saved logits, streamed from disk.
+
+The logits and labels files (``.npy``) are memory-mapped and processed in chunks along
+a batch axis, so files larger than memory work: each chunk adds its sums (smoothed
+loss, NLL, correct predictions, calibration bins) and the metrics are formed at the
+end. Nothing but the current chunk's work is in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from ._loss import cross_entropy
+from ._validation import check_axis
+from .calibration import BinCounts, bin_counts
+
+__all__ = ["EvalError", "Report", "evaluate_files"]
+
+#: Logits per chunk: 2**22 float32 values are 16 MiB.
+CHUNK_ELEMENTS = 1 << 22
+
+
+class EvalError(ValueError):
+    """A problem with the files or arguments, reported as a one-line message."""
+
+
+@dataclass
+class Report:
+    """The metrics of one evaluation."""
+
+    logits: str
+    labels: str
+    elements: int
+    counted: int
+    num_classes: int
+    epsilon: float
+    smoothed_loss: float
+    nll: float
+    perplexity: float
+    accuracy: float
+    ece: float
+    bins: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        rows = [
+            ("logits", self.logits),
+            ("labels", self.labels),
+            ("elements", f"{self.elements} ({self.counted} counted), {self.num_classes} classes"),
+            (f"smoothed loss (epsilon={self.epsilon:g})", f"{self.smoothed_loss:.6f}"),
+            ("NLL (cross-entropy)", f"{self.nll:.6f}"),
+            ("perplexity", f"{self.perplexity:.6g}"),
+            ("accuracy", f"{self.accuracy:.4%}"),
+            (f"ECE ({self.bins} bins)", f"{self.ece:.6f}"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _load(path: str, what: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise EvalError(f"{what} file {path!r} does not exist.")
+    try:
+        arr = np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise EvalError(f"{what} file {path!r} is not a readable .npy array: {exc}") from None
+    if not isinstance(arr, np.ndarray):
+        raise EvalError(f"{what} file {path!r} holds several arrays (.npz); give one .npy.")
+    return arr
+
+
+def _prior(value: str | None) -> Any:
+    if value is None or value in ("uniform", "others"):
+        return value
+    return np.asarray(_load(value, "prior"))
+
+
+class _Progress:
+    """A one-line progress bar on a terminal stream, redrawn in place."""
+
+    def __init__(self, total: int, stream: TextIO | None) -> None:
+        self.total, self.stream, self.done = total, stream, 0
+
+    def advance(self, n: int) -> None:
+        if self.stream is None:
+            return
+        self.done += n
+        frac = self.done / self.total if self.total else 1.0
+        bar = "#" * int(30 * frac)
+        print(f"\r  [{bar:<30}] {frac:6.1%} of {self.total} elements", end="", file=self.stream)
+        if self.done >= self.total:
+            print(file=self.stream)
+        self.stream.flush()
+
+
+def evaluate_files(
+    logits_path: str,
+    labels_path: str,
+    *,
+    epsilon: float = 0.0,
+    axis: int = -1,
+    ignore_index: int | None = None,
+    prior: str | None = None,
+    bins: int = 15,
+    progress: bool | None = None,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> Report:
+    """Stream the two files and compute the metrics (see the module docstring).
+
+    ``progress=None`` shows a bar on standard error for logits of more than 256 MiB when
+    standard error is a terminal; True or False force it either way.
+    """
+    z = _load(logits_path, "logits")
+    y = _load(labels_path, "labels")
+    if z.ndim == 0:
+        raise EvalError(f"logits must have a class axis; {logits_path!r} holds a scalar.")
+    try:
+        ax = check_axis(axis, z.ndim)
+    except (TypeError, ValueError) as exc:
+        raise EvalError(str(exc)) from None
+    K = z.shape[ax]
+    batch = z.shape[:ax] + z.shape[ax + 1 :]
+    if y.shape != batch:
+        raise EvalError(
+            f"labels must have the shape of the logits without the class axis {ax}, "
+            f"{batch}; {labels_path!r} has shape {y.shape}."
+        )
+    u = _prior(prior)
+    # Chunks run along the first batch axis (the labels' axis `c_lab`).
+    c = 0 if ax != 0 else 1
+    c_lab = c if c < ax else c - 1
+    n_along = z.shape[c] if z.ndim > 1 else 1
+    per_index = max(1, z.size // max(n_along, 1))
+    step = max(1, chunk_elements // per_index)
+    if progress is None:
+        progress = z.nbytes > (256 << 20) and sys.stderr.isatty()
+    bar = _Progress(int(np.prod(batch)) if batch else 1, sys.stderr if progress else None)
+    loss_sum = nll_sum = correct = 0.0
+    counted = 0
+    bins_total = BinCounts.empty(bins)
+    for start in range(0, n_along, step):
+        if z.ndim > 1:
+            zc = np.take(z, range(start, min(start + step, n_along)), axis=c)
+            yc = np.take(y, range(start, min(start + step, n_along)), axis=c_lab)
+        else:
+            zc, yc = np.asarray(z), np.asarray(y)
+        try:
+            loss_sum += float(
+                cross_entropy(zc, yc, epsilon, axis=ax, reduction="sum", prior=u,
+                              ignore_index=ignore_index)
+            )  # fmt: skip
+            nll_sum += float(
+                cross_entropy(zc, yc, 0.0, axis=ax, reduction="sum", ignore_index=ignore_index)
+            )
+            chunk_bins = bin_counts(zc, yc, n_bins=bins, axis=ax, ignore_index=ignore_index)
+        except (TypeError, ValueError) as exc:
+            raise EvalError(str(exc)) from None
+        bins_total += chunk_bins
+        counted += int(chunk_bins.count.sum())
+        correct += float(chunk_bins.correct.sum())
+        bar.advance(int(yc.size))
+    if counted == 0:
+        raise EvalError("no element to evaluate: every label equals ignore_index.")
+    nll = nll_sum / counted
+    return Report(
+        logits=logits_path,
+        labels=labels_path,
+        elements=int(np.prod(batch)) if batch else 1,
+        counted=counted,
+        num_classes=K,
+        epsilon=float(epsilon),
+        smoothed_loss=loss_sum / counted,
+        nll=nll,
+        perplexity=math.exp(nll) if nll < 709 else math.inf,
+        accuracy=correct / counted,
+        ece=bins_total.ece(),
+        bins=bins,
+    )
