@@ -156,6 +156,7 @@ def test_rows_outside_the_fast_range_are_shifted_and_exact(monkeypatch):
 
 
 # -- larger than memory -------------------------------------------------------------------
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc, Linux only")
 def test_memmap_logits_stream_under_an_address_space_limit(tmp_path):
     """A 256 MiB logits file is mapped, then the process's address space is limited
     (RLIMIT_AS) to what it already uses plus 64 MiB, a quarter of the file: any
