@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds", type=_positive, default=7,
         help="timed rounds per shape, fewer when a round is slow (default: 7)",
     )  # fmt: skip
+    bench.add_argument(
+        "--json", action="store_true",
+        help="print the measurements as JSON (for docs/examples/plot_performance.py)",
+    )  # fmt: skip
     ev = sub.add_parser(
         "eval",
         help="metrics of saved logits and labels (.npy): loss, NLL, accuracy, ECE",
@@ -221,6 +225,7 @@ def run_bench(args: argparse.Namespace) -> int:
     print(
         f"smoothce {__version__} bench: {len(shapes)} shape(s), {args.dtype}, "
         f"epsilon={args.epsilon}, {cores} core(s)",
+        file=sys.stderr if args.json else sys.stdout,
         flush=True,
     )
     results = []
@@ -235,7 +240,13 @@ def run_bench(args: argparse.Namespace) -> int:
                 progress=sys.stderr,
             )
         )
-    format_table(results, sys.stdout)
+    if args.json:
+        import json
+        from dataclasses import asdict
+
+        print(json.dumps({"cores": cores, "results": [asdict(m) for m in results]}, indent=1))
+    else:
+        format_table(results, sys.stdout)
     return 0
 
 

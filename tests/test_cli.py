@@ -75,3 +75,16 @@ def test_bench_help_reads_well():
     assert result.returncode == 0
     assert "exp floor" in result.stdout
     assert "--workers" in result.stdout
+
+
+def test_bench_json_output():
+    import json
+
+    result = _run("bench", "--shape", "32", "20", "--workers", "1", "--rounds", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    (m,) = data["results"]
+    assert m["shape"] == [32, 20]
+    assert m["dtype"] == "float32"
+    assert set(m["times"]) >= {"exp floor", "smoothce forward w1", "naive fwd+grad"}
+    assert all(t > 0 for t in m["times"].values())
