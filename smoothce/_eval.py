@@ -149,8 +149,11 @@ def evaluate_files(
     bins_total = BinCounts.empty(bins)
     for start in range(0, n_along, step):
         if z.ndim > 1:
-            zc = np.take(z, range(start, min(start + step, n_along)), axis=c)
-            yc = np.take(y, range(start, min(start + step, n_along)), axis=c_lab)
+            # Slices are views into the memory maps: the chunk is read once, by the
+            # computations themselves, not first copied out.
+            span = slice(start, min(start + step, n_along))
+            zc = z[(slice(None),) * c + (span,)]
+            yc = y[(slice(None),) * c_lab + (span,)]
         else:
             zc, yc = np.asarray(z), np.asarray(y)
         try:

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._stable import log_softmax
-from ._validation import check_axis, check_class_indices
+from ._validation import check_axis, check_class_indices, classes_last
 
 __all__ = ["BinCounts", "expected_calibration_error", "reliability_curve"]
 
@@ -95,11 +95,11 @@ def bin_counts(
         raise ValueError("scores must have a class axis; got a scalar.")
     ax = check_axis(axis, s.ndim)
     K = s.shape[ax]
-    s = np.moveaxis(s, ax, -1).reshape(-1, K)
+    batch = s.shape[:ax] + s.shape[ax + 1 :]
+    s = classes_last(s, ax).reshape(-1, K)
     y = np.asarray(labels)
     if y.dtype.kind not in "iu":
         raise TypeError(f"labels must be integer class indices; got dtype {y.dtype}.")
-    batch = np.moveaxis(np.asarray(scores), ax, -1).shape[:-1]
     if y.shape != batch:
         raise ValueError(
             f"labels must have the shape of scores without the class axis, {batch}; "
