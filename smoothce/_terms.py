@@ -80,6 +80,7 @@ class Block:
         self.labels: np.ndarray | None = None
         self.label_rows: np.ndarray | slice = slice(None)
         self.label_cols: np.ndarray | None = None
+        self.flat_labels: np.ndarray | None = None
         if p.probabilistic:
             t = p.labels[key].reshape(-1, K)
             self.t = t if full else t[:, k0:k1]
@@ -98,8 +99,6 @@ class Block:
                 inside = np.flatnonzero((y >= k0) & (y < k1))
                 self.label_rows = inside
                 self.label_cols = y[inside] - k0
-        if not full or p.probabilistic:
-            self.flat_labels = None
         u = p.prior.values if p.prior.kind == "sample" else None
         if u is not None:
             u = u[key].reshape(-1, K)
