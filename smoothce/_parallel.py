@@ -27,6 +27,22 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
+def _forget_pool_after_fork() -> None:
+    """Give a forked child a fresh (not yet started) pool and an unheld lock.
+
+    ``fork()`` copies only the calling thread: the parent's pool threads do not exist
+    in the child, yet the copied executor would queue work for them and wait forever
+    (and the lock may have been copied while held). The parent's pool is untouched.
+    """
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 @functools.lru_cache(maxsize=1)
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity where the OS reports it).
