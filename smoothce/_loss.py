@@ -81,6 +81,14 @@ def _shared_doc(func: Any) -> Any:
 def _validate_out(out: Any, p: Problem, logits: Any, labels: Any) -> np.ndarray:
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a NumPy array or None; got {type(out).__name__}.")
+    # Subclasses change indexing and arithmetic (np.matrix stays 2-D, np.ma carries a
+    # mask the engine would not update), so only plain arrays and memory maps (plain
+    # arrays backed by a file) are written to; checked before anything is written.
+    if type(out) not in (np.ndarray, np.memmap):
+        raise TypeError(
+            "out must be a plain numpy.ndarray (or numpy.memmap); got an instance of "
+            f"{type(out).__module__}.{type(out).__qualname__}."
+        )
     if out.shape != p.logits_shape or out.dtype != p.grad_dtype:
         raise ValueError(
             f"out must have the shape and dtype of the gradient, {p.logits_shape} "

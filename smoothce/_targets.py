@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from ._validation import (
     Prior,
+    as_array,
     check_class_indices,
     check_distribution_array,
     check_epsilon,
@@ -129,7 +130,7 @@ def smooth_labels(
     out_dtype = np.dtype(np.float64 if dtype is None else dtype)
     if out_dtype.kind != "f":
         raise TypeError(f"dtype must be a floating dtype; got dtype={out_dtype}.")
-    y = np.asarray(labels)
+    y = as_array("labels", labels)
     probabilistic = is_probabilistic(y)
     if not probabilistic:
         out_shape = (*y.shape, K)
@@ -148,5 +149,9 @@ def smooth_labels(
     if u.kind == "sample":
         assert u.values is not None
         u = Prior("sample", u.values.reshape(-1, K))
-    q = dense_targets(flat, probabilistic, u, eps, K, out_dtype)
+    # Built in float64 and rounded once: in float16 the sum (1 - eps) t + eps u would be
+    # rounded twice (and `eps * u` taken in the prior's own precision).
+    q = dense_targets(flat, probabilistic, u, eps, K, np.dtype(np.float64))
+    if out_dtype != q.dtype:
+        q = q.astype(out_dtype)
     return q.reshape(out_shape)

@@ -12,6 +12,7 @@ search for *where* an input is wrong runs only once we already know it is wrong.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Prior", "Problem", "prepare"]
+__all__ = ["Prior", "Problem", "as_array", "plain", "prepare"]
 
 Reduction = Literal["none", "mean", "sum"]
 _REDUCTIONS = ("none", "mean", "sum")
@@ -52,6 +53,8 @@ class Problem:
         by 0) or probability targets of shape ``(*batch, K)`` (a view, class axis last).
     counted : ndarray of bool, shape ``batch``, or None
         False where ``labels == ignore_index``; None when nothing is ignored.
+    weight, weight_scale : ndarray of float64, shape (K,), or None; float
+        The class weights are ``weight * weight_scale`` (see :func:`check_weight`).
     """
 
     z: np.ndarray
@@ -67,6 +70,7 @@ class Problem:
     prior: Prior
     weight: np.ndarray | None
     reduction: Reduction
+    weight_scale: float = 1.0
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -79,9 +83,40 @@ class Problem:
         return self.compute_dtype
 
 
+def plain(value: Any) -> str:
+    """``repr`` of a value as a user typed it: ``nan`` and ``1.5``, not ``np.float64(nan)``."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value)
+
+
+def as_array(name: str, values: Any) -> np.ndarray:
+    """``np.asarray(values)``, with errors that name the argument.
+
+    Masked arrays are refused: their mask would be silently dropped and the data under
+    it used. A ragged nested sequence gets a message naming ``name`` instead of NumPy's
+    "setting an array element with a sequence".
+    """
+    if isinstance(values, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} must not be a masked array (np.ma): smoothce does not honour masks, and "
+            f"the data under the mask would be used. Fill it ({name}.filled(...)), or leave "
+            "elements out with ignore_index or a zero weight."
+        )
+    try:
+        return np.asarray(values)
+    except ValueError as exc:
+        if "inhomogeneous" in str(exc) or "sequence" in str(exc):
+            raise ValueError(
+                f"{name} must be a rectangular array; got a ragged nested sequence whose "
+                "rows have different lengths."
+            ) from None
+        raise
+
+
 def check_logits(logits: npt.ArrayLike, axis: Any) -> tuple[np.ndarray, int]:
     """Return ``(logits as an ndarray, non-negative axis)`` or raise."""
-    arr = np.asarray(logits)
+    arr = as_array("logits", logits)
     kind = arr.dtype.kind
     if kind == "c":
         raise TypeError(
@@ -113,7 +148,7 @@ def classes_last(a: np.ndarray, axis: int) -> np.ndarray:
 
 def check_axis(axis: Any, ndim: int) -> int:
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
-        raise TypeError(f"axis must be an integer; got axis={axis!r}.")
+        raise TypeError(f"axis must be an integer; got axis={plain(axis)}.")
     axis = int(axis)
     if not -ndim <= axis < ndim:
         raise ValueError(
@@ -127,20 +162,23 @@ def compute_dtypes(dtype: np.dtype[Any]) -> tuple[np.dtype[Any], np.dtype[Any]]:
     """``(compute dtype, output dtype)`` for logits of ``dtype``.
 
     float16 is computed in float32 (its 11-bit significand would make the sums
-    meaningless) and written back as float16; integers are promoted to float64.
+    meaningless) and written back as float16; integers are promoted to float64. Both
+    are native-endian: big-endian input (``>f4``, as read from some files) is read
+    where it lies and gives the same results as native input.
     """
     if dtype.kind in "iu":
         return np.dtype(np.float64), np.dtype(np.float64)
-    if dtype == np.float16:
-        return np.dtype(np.float32), dtype
-    if dtype in (np.float32, np.float64):
-        return dtype, dtype
+    native = dtype.newbyteorder("=")
+    if native == np.float16:
+        return np.dtype(np.float32), native
+    if native in (np.float32, np.float64):
+        return native, native
     raise TypeError(f"logits must be float16, float32, float64 or integer; got dtype {dtype}.")
 
 
 def check_epsilon(epsilon: Any) -> float:
     if isinstance(epsilon, (bool, np.bool_)) or not isinstance(epsilon, numbers.Real):
-        raise TypeError(f"epsilon must be a real number in [0, 1]; got epsilon={epsilon!r}.")
+        raise TypeError(f"epsilon must be a real number in [0, 1]; got epsilon={plain(epsilon)}.")
     value = float(epsilon)
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise ValueError(f"epsilon must be in [0, 1]; got epsilon={value!r}.")
@@ -148,14 +186,17 @@ def check_epsilon(epsilon: Any) -> float:
 
 
 def check_reduction(reduction: Any) -> Reduction:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}; got reduction={reduction!r}.")
-    return reduction  # type: ignore[no-any-return]
+    # The str test comes first: `array in tuple` compares elementwise and raises.
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
+        raise ValueError(
+            f"reduction must be one of {_REDUCTIONS}; got reduction={plain(reduction)}."
+        )
+    return reduction  # type: ignore[return-value]
 
 
 def check_num_classes(num_classes: Any, K: int | None = None) -> int:
     if isinstance(num_classes, (bool, np.bool_)) or not isinstance(num_classes, numbers.Integral):
-        raise TypeError(f"num_classes must be an integer; got num_classes={num_classes!r}.")
+        raise TypeError(f"num_classes must be an integer; got num_classes={plain(num_classes)}.")
     n = int(num_classes)
     if n < 1:
         raise ValueError(f"num_classes must be at least 1; got num_classes={n}.")
@@ -180,7 +221,7 @@ def _check_ignore_index(ignore_index: Any) -> int | None:
         ignore_index, numbers.Integral
     ):
         raise TypeError(
-            f"ignore_index must be an integer or None; got ignore_index={ignore_index!r}."
+            f"ignore_index must be an integer or None; got ignore_index={plain(ignore_index)}."
         )
     return int(ignore_index)
 
@@ -250,40 +291,99 @@ def check_distribution_array(
     first = int(np.argmax(bad))
     raise ValueError(
         f"{name} must be {rule}; got {name}{_position(first, values.shape)} = "
-        f"{values.reshape(-1)[first]!r}."
+        f"{plain(values.reshape(-1)[first])}."
     )
 
 
 def as_real_array(name: str, values: npt.ArrayLike) -> np.ndarray:
-    arr = np.asarray(values)
+    arr = as_array(name, values)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be a real floating or integer array; got dtype {arr.dtype}.")
     return arr
 
 
-def check_weight(weight: npt.ArrayLike | None, K: int) -> np.ndarray | None:
+def check_weight(weight: npt.ArrayLike | None, K: int) -> tuple[np.ndarray | None, float]:
+    """Validate class weights; return ``(float64 weights / scale, scale)``.
+
+    The loss is linear in the weights, so the engine works with weights whose largest
+    entry lies in [1, 2) and multiplies the result by ``scale``, a power of two
+    (exact). This keeps subnormal weights (1e-310) from overflowing ``1 / denominator``
+    and huge ones from overflowing the products. Weights of ordinary size (largest in
+    [2**-100, 2**100]) are used as given, with ``scale = 1``.
+    """
     if weight is None:
-        return None
+        return None, 1.0
     w = as_real_array("weight", weight)
     if w.shape != (K,):
         raise ValueError(
             f"weight must have shape ({K},), one entry per class; got shape {w.shape}."
         )
     check_distribution_array("weight", w)
-    return w.astype(np.float64)
+    w = w.astype(np.float64)
+    top = float(w.max())
+    if top == 0.0 or 2.0**-100 <= top <= 2.0**100:
+        return w, 1.0
+    # top = f * 2**e with f in [0.5, 1): dividing by 2**(e - 1) puts the largest
+    # weight in [1, 2), and 2**(e - 1) is representable even for top near 1.8e308.
+    exponent = math.frexp(top)[1] - 1
+    return np.ldexp(w, -exponent), math.ldexp(1.0, exponent)
+
+
+def promoted(a: np.ndarray, compute_dtype: np.dtype[Any]) -> np.ndarray:
+    """``a`` in at least ``compute_dtype``'s precision, native byte order (a copy only
+    when that changes something)."""
+    return a.astype(np.result_type(a.dtype, compute_dtype), copy=False)
+
+
+def prior_sum_tolerance(dtype: np.dtype[Any], K: int) -> float:
+    """How far from 1 the float64 sum of ``K`` prior values of ``dtype`` may honestly be.
+
+    A prior is a distribution rounded to ``dtype``: normalising it (``u / u.sum()``)
+    rounds its sum, pairwise, with a relative error of at most ``ceil(log2 K)`` units
+    in the last place, and rounding each of the ``K`` values adds at most half a unit
+    of their total (1) plus, for values in the subnormal range, half the smallest
+    subnormal each. The sum itself is taken in float64 (``K`` float64 units at most).
+    Twice that bound leaves room for the normalisation's own division. Integers are
+    exact: only the float64 sum's rounding is allowed.
+
+    For K = 1000 this is 1.1e-2 in float16, 1.3e-6 in float32 and 2.2e-13 in float64.
+    A prior summing to 1.1 is rejected in every dtype for every K up to 2**20; float16's
+    bound reaches 0.083 there, because float16 cannot hold a distribution over that
+    many classes any closer.
+    """
+    f64 = np.finfo(np.float64)
+    exact_sum = K * float(f64.eps)
+    if dtype.kind != "f":
+        return exact_sum
+    info = np.finfo(dtype)
+    unit = float(info.eps) / 2  # unit roundoff
+    subnormal = float(info.smallest_subnormal)
+    levels = max(1, math.ceil(math.log2(K))) if K > 1 else 1
+    return 2.0 * ((levels + 1) * unit + K * subnormal / 2) + exact_sum
 
 
 def check_prior(
-    prior: Any, out_shape: tuple[int, ...], class_axis: int, *, probabilistic: bool
+    prior: Any,
+    out_shape: tuple[int, ...],
+    class_axis: int,
+    *,
+    probabilistic: bool,
+    compute_dtype: np.dtype[Any] | None = None,
 ) -> Prior:
-    """Validate ``prior`` for targets of ``out_shape`` whose classes lie on ``class_axis``."""
+    """Validate ``prior`` for targets of ``out_shape`` whose classes lie on ``class_axis``.
+
+    A per-sample prior narrower than ``compute_dtype`` (float16, or float32 for float64
+    logits) is promoted once, before it is broadcast: the gradient multiplies it by
+    Python floats, which NumPy would otherwise do in the prior's own precision.
+    """
     K = out_shape[class_axis]
     if prior is None or (isinstance(prior, str) and prior == "uniform"):
         return Prior("uniform")
     if isinstance(prior, str):
         if prior != "others":
             raise ValueError(
-                f"prior must be None, one of {_PRIOR_NAMES}, or an array; got prior={prior!r}."
+                f"prior must be None, one of {_PRIOR_NAMES}, or an array; "
+                f"got prior={plain(prior)}."
             )
         if probabilistic:
             raise ValueError(
@@ -308,17 +408,18 @@ def check_prior(
             ) from None
         kind = "sample"
         sums = values.sum(axis=class_axis, dtype=np.float64)
+        if compute_dtype is not None:
+            values = np.broadcast_to(promoted(u, compute_dtype), out_shape)
         values = classes_last(values, class_axis % len(out_shape))
     check_distribution_array("prior", u)
-    eps = np.finfo(u.dtype).eps if u.dtype.kind == "f" else np.finfo(np.float64).eps
-    tol = max(K, 16) * float(eps)
+    tol = prior_sum_tolerance(u.dtype, K)
     off = np.abs(sums - 1.0) > tol
     if off.any():
         first = int(np.argmax(off))
         where = "" if kind == "class" else f" at batch position {_position(first, sums.shape)}"
         raise ValueError(
-            f"prior must sum to 1 along the class axis (within {tol:.1e}); got a sum of "
-            f"{float(sums.reshape(-1)[first])!r}{where}."
+            f"prior must sum to 1 along the class axis (within {tol:.1e}, the rounding of "
+            f"{K} {u.dtype} values); got a sum of {float(sums.reshape(-1)[first])!r}{where}."
         )
     return Prior(kind, values)
 
@@ -346,7 +447,7 @@ def prepare(
     ignore = _check_ignore_index(ignore_index)
 
     batch_shape = z_in.shape[:ax] + z_in.shape[ax + 1 :]
-    y = np.asarray(labels)
+    y = as_array("labels", labels)
     # An empty Python list arrives as float64; with the class-index shape it is
     # unambiguous, so treat it as (zero) class indices.
     if y.dtype.kind == "f" and y.size == 0 and y.shape == batch_shape:
@@ -372,8 +473,11 @@ def prepare(
                 f"with ignore_index={ignore}."
             )
         check_distribution_array("labels", y, rule="non-negative and finite (probabilities)")
-        y = classes_last(y, ax)
+        # Promoted once here (float16 targets, or float32 ones for float64 logits): the
+        # gradient scales them by Python floats, which NumPy does in their own dtype.
+        y = classes_last(promoted(y, compute_dtype), ax)
         counted = None
+    w, w_scale = check_weight(weight, K)
     return Problem(
         z=classes_last(z_in, ax),
         logits_shape=z_in.shape,
@@ -385,7 +489,10 @@ def prepare(
         labels=y,
         probabilistic=probabilistic,
         counted=counted,
-        prior=check_prior(prior, z_in.shape, ax, probabilistic=probabilistic),
-        weight=check_weight(weight, K),
+        prior=check_prior(
+            prior, z_in.shape, ax, probabilistic=probabilistic, compute_dtype=compute_dtype
+        ),
+        weight=w,
         reduction=red,
+        weight_scale=w_scale,
     )
