@@ -46,7 +46,7 @@ from ._stable import BLOCK_ELEMENTS, is_view_of, row_blocks, row_sums, shift_row
 from ._terms import Block, Terms
 from ._validation import Prior, Problem, classes_last
 
-__all__ = ["evaluate", "mean_denominator"]
+__all__ = ["evaluate", "exact_sum", "mean_denominator"]
 
 _F64 = np.dtype(np.float64)
 
@@ -68,6 +68,22 @@ def mean_denominator(p: Problem) -> float:
     return float(w_y.sum())
 
 
+def exact_sum(parts: Any) -> float:
+    """The exactly rounded sum of float64 ``parts`` (:func:`math.fsum`), with IEEE
+    semantics at the edges: ``inf`` for an infinite sum, ``nan`` for NaN or inf - inf.
+
+    ``math.fsum`` raises OverflowError when finite parts overflow the total (the parts
+    here are losses, never negative, so that total is ``+inf``) and ValueError for
+    ``inf + -inf``.
+    """
+    try:
+        return math.fsum(parts)
+    except OverflowError:
+        return math.inf
+    except ValueError:
+        return math.nan
+
+
 def _shifted(
     z2: np.ndarray, ws: np.ndarray, terms: Terms, blk: Block, want_T: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -84,7 +100,7 @@ def _shifted(
             T = terms.dot(ws, blk)
         redo = np.isfinite(m) & ~np.isfinite(T)
         if redo.any():
-            T[redo] = terms.exact_dot(ws, blk, redo)
+            T[redo] = terms.exact_dot(z2, m, blk, redo)
     np.exp(ws, out=ws)
     return m, row_sums(ws), T
 
@@ -126,7 +142,7 @@ def _exp_and_dot(
         if outside is not None:
             repair &= ~outside
         if repair.any():
-            T[repair] = terms.exact_dot(z2, blk, repair)
+            T[repair] = terms.exact_dot(z2, None, blk, repair)
     return S, T
 
 
@@ -136,33 +152,54 @@ class _Call:
     def __init__(self, p: Problem, want_loss: bool, g_moved: np.ndarray | None) -> None:
         self.p, self.want_loss, self.g_moved = p, want_loss, g_moved
         self.K = p.num_classes
-        self.c = 1.0
+        # The engine sees the class weights divided by `p.weight_scale` (a power of
+        # two, see `check_weight`), so every loss it forms is the true one divided by
+        # that scale. `scale` puts it back; a weighted mean of integer labels divides
+        # by the weights too, and there the scale cancels exactly.
+        scale = p.weight_scale
         self.den = 1.0
         if p.reduction == "mean":
             self.den = mean_denominator(p)
-            # A mean over nothing (every element ignored, or zero total weight) is
-            # defined as 0 with a zero gradient; PyTorch returns NaN here.
-            self.c = 1.0 / self.den if self.den > 0.0 else 0.0
+            if p.weight is not None and not p.probabilistic:
+                scale = 1.0
+        self.scale = scale
+        # `c` multiplies the gradient; a mean over nothing (every element ignored, or
+        # zero total weight) is defined as 0 with a zero gradient (PyTorch: NaN).
+        self.c = scale / self.den if self.den > 0.0 else 0.0
         self.loss_rows: np.ndarray | None = None
         if want_loss and p.reduction == "none":
             self.loss_rows = np.zeros(p.batch_shape, dtype=p.grad_dtype)
         self.fast = p.compute_dtype == np.float32
 
     def store_loss(self, key: Any, loss: np.ndarray, counted: np.ndarray | None) -> float:
-        """Zero the ignored rows; write ``"none"`` losses; return the block's sum."""
+        """Zero the ignored rows; write ``"none"`` losses; return the block's sum.
+
+        Cross-entropy against a probability target is never negative, but ``W log S``
+        and ``T`` are rounded separately, so a row whose softmax is one-hot can come out
+        as -1 ulp of its terms: clamped to 0 (``maximum`` keeps NaN).
+        """
+        np.maximum(loss, 0.0, out=loss)
         if counted is not None:
             loss[~counted] = 0.0
         if self.loss_rows is not None:
-            self.loss_rows[key] = loss.reshape(self.loss_rows[key].shape)
+            # A legitimately infinite loss (beyond float16's 65504, or a huge weight
+            # times a loss) is stored quietly; so is a subnormal one.
+            with np.errstate(over="ignore", under="ignore"):
+                if self.scale != 1.0:
+                    loss *= self.scale
+                self.loss_rows[key] = loss.reshape(self.loss_rows[key].shape)
             return 0.0
-        return float(loss.sum())
+        # float64 partial sums: a float32 sum beyond 3.4e38 would overflow the block.
+        return float(loss.sum(dtype=_F64))
 
     def finish_grad(self, ws: np.ndarray, W: Any, S: np.ndarray, terms: Terms, blk: Block) -> None:
         """Turn the exponentials in ``ws`` into the gradient, in place."""
-        # W p c = exp(x) * (c W / S): one multiply over the block.
-        scale = (self.c * W / S).astype(ws.dtype)
-        ws *= scale[:, np.newaxis]
-        terms.subtract_targets(ws, blk, self.c)
+        # W p c = exp(x) * (c W / S): one multiply over the block. Overflow here means
+        # a gradient entry beyond the dtype's range: it is inf, quietly.
+        with np.errstate(over="ignore"):
+            scale = (self.c * W / S).astype(ws.dtype)
+            ws *= scale[:, np.newaxis]
+            terms.subtract_targets(ws, blk, self.c)
         if blk.counted is not None:
             ws[~blk.counted] = 0
 
@@ -226,10 +263,11 @@ class _Call:
                 if g_blk is not None:
                     self.finish_grad(ws, W, S, terms, blk)
                     if ws is not g2:
-                        g_blk[...] = ws.reshape(g_blk.shape)
+                        with np.errstate(over="ignore"):  # float32 -> float16: inf quietly
+                            g_blk[...] = ws.reshape(g_blk.shape)
 
         run_ranges(len(keys), n, work)
-        return float(partial[0]) if len(partial) == 1 else math.fsum(partial)
+        return float(partial[0]) if len(partial) == 1 else exact_sum(partial)
 
     # -- streamed rows -----------------------------------------------------------
     def streamed(self, workers: Any) -> float:
@@ -262,21 +300,27 @@ class _Call:
         # costs +inf exactly when it holds target mass.
         empty = m == -np.inf
         S[empty] = 0.0
-        with np.errstate(invalid="ignore"):  # rows with NaN or +inf logits stay NaN
+        # Rows with NaN or +inf logits stay NaN; chunk maxima further apart than the
+        # largest float underflow exp() to 0, as they should.
+        with np.errstate(invalid="ignore", over="ignore"):
             m_row = m.max(axis=1)
             rel = np.where(empty, 0.0, m - m_row[:, np.newaxis])
             S_row = (S * np.exp(rel)).sum(axis=1)
-            T_parts = np.where(empty, np.where(Wc > 0, -np.inf, 0.0), T + Wc * rel)
+            # T_j + W_j (m_j - m): m_j - m <= 0 and T_j <= 0, so nothing cancels; it is
+            # formed at a quarter scale (exact) because m_j - m alone may overflow when
+            # the chunks' maxima lie beyond the largest float apart.
+            shift = Wc * (m / 4 - m_row[:, np.newaxis] / 4)
+            T_parts = np.where(empty, np.where(Wc > 0, -np.inf, 0.0), 4 * (T / 4 + shift))
         # Every chunk masked: no softmax at all; NaN, as for a whole row of -inf.
         S_row[empty.all(axis=1)] = np.nan
         W_row = Wc.sum(axis=1)
-        total = 0.0
+        partial = []
         if self.want_loss:
-            with np.errstate(invalid="ignore"):
+            with np.errstate(invalid="ignore", over="ignore"):
                 loss = W_row * np.log(S_row) - T_parts.sum(axis=1)
             for r, key in enumerate(keys):
                 counted = None if p.counted is None else p.counted[key].reshape(-1)
-                total += self.store_loss(key, loss[r : r + 1], counted)
+                partial.append(self.store_loss(key, loss[r : r + 1], counted))
         if self.g_moved is not None:
             g_moved = self.g_moved
 
@@ -287,16 +331,17 @@ class _Call:
                     k0, k1 = windows[j]
                     x = p.z[keys[r]].reshape(-1, K)[:, k0:k1]
                     buf = ws[:, : k1 - k0]
-                    with np.errstate(invalid="ignore"):
+                    with np.errstate(invalid="ignore", over="ignore"):
                         np.subtract(x, m_row[r], out=buf, dtype=buf.dtype)
                     np.exp(buf, out=buf)
                     blk = Block(p, keys[r], k0, k1)
                     # p = exp(z - m) / S needs the whole row's mass, not the chunk's.
                     self.finish_grad(buf, W_row[r], S_row[r : r + 1], win_terms[j], blk)
-                    g_moved[keys[r]].reshape(-1, K)[:, k0:k1] = buf
+                    with np.errstate(over="ignore"):
+                        g_moved[keys[r]].reshape(-1, K)[:, k0:k1] = buf
 
             run_ranges(len(keys) * nw, n, second_pass)
-        return total
+        return exact_sum(partial)
 
 
 def evaluate(
@@ -339,7 +384,9 @@ def evaluate(
         return (call.loss_rows[0, ...] if single else call.loss_rows), grad
     if p.reduction == "mean":
         total = total / call.den if call.den > 0.0 else 0.0
-    return p.scalar_dtype.type(total), grad
+    total *= call.scale  # a Python float: overflow gives inf, underflow 0, silently
+    with np.errstate(over="ignore"):  # a sum beyond float32's range is inf, quietly
+        return p.scalar_dtype.type(total), grad
 
 
 def _with_batch_axis(p: Problem) -> Problem:

@@ -158,9 +158,15 @@ def shift_rows(z: np.ndarray, out: np.ndarray) -> np.ndarray:
     ``-inf`` has ``-inf - (-inf) = nan`` everywhere: softmax is undefined there and NaN
     is the documented answer, so the invalid-operation warning is silenced for exactly
     this subtraction. Rows with some (not all) ``-inf`` shift to ``-inf`` silently.
+
+    A row whose spread exceeds the largest float (``1e308 - (-1e308)``) overflows to
+    ``-inf`` here, silently too, and that is the right shifted value: ``s_k < -max``
+    means ``exp(s_k)`` underflows to 0 and ``log p_k <= s_k`` is not representable
+    either. Only the dot product ``T`` needs those entries finite; it is formed from
+    ``z`` itself at a quarter scale (:meth:`smoothce._terms.Terms.exact_dot`).
     """
     m = z.max(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         # dtype= makes float16 and integer logits subtract in the compute dtype.
         np.subtract(z, m, out=out, dtype=out.dtype)
     maxima: np.ndarray = m.reshape(-1)
@@ -188,7 +194,8 @@ def log_softmax(logits: npt.ArrayLike, axis: int = -1) -> np.ndarray:
         Same shape as ``logits``, C-contiguous; dtype of ``logits`` (float16 is
         computed in float32 and rounded once at the end; integers give float64).
         ``-inf`` logits give ``-inf``; a row with a NaN or ``+inf`` logit, or with
-        every logit ``-inf``, gives NaN.
+        every logit ``-inf``, gives NaN. Values below the dtype's range (a float16
+        row spanning more than 65504) are ``-inf``, without a warning.
 
     Examples
     --------
@@ -222,5 +229,6 @@ def log_softmax(logits: npt.ArrayLike, axis: int = -1) -> np.ndarray:
         # exp(0)), so the log never sees 0; NaN rows stay NaN without a warning.
         log_sum = np.log(e.sum(axis=1, keepdims=True))
         np.subtract(s, log_sum, out=s)
-        res[key] = s.reshape(res[key].shape)
+        with np.errstate(over="ignore"):  # below float16's range: -inf, as it should be
+            res[key] = s.reshape(res[key].shape)
     return out

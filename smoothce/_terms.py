@@ -292,18 +292,34 @@ class Terms:
         assert self.p_const is not None
         share = self.eps * self.p_const
         assert blk.flat_labels is not None
-        x_y = x.reshape(-1).take(blk.flat_labels)
+        # The label logits are gathered into float64 before they meet the Python float
+        # `at_label`: NumPy keeps `float * float16_array` in float16, which rounded the
+        # loss of float16 logits to 11 bits (3e-4 relative error).
+        x_y = x.reshape(-1).take(blk.flat_labels).astype(_F64)
         at_label = self.a - share if self.others else self.a
         if share == 0.0:
-            T: np.ndarray = at_label * x_y.astype(_F64)
+            T: np.ndarray = at_label * x_y
             return T
         T = row_sums(x)
         T *= share
         T += at_label * x_y
         return T
 
-    def exact_dot(self, x: np.ndarray, blk: Block, which: np.ndarray) -> np.ndarray:
-        """``T`` for the rows ``which``, term by term, with ``0 * (-inf)`` read as 0."""
+    def exact_dot(
+        self, z: np.ndarray, ref: np.ndarray | None, blk: Block, which: np.ndarray
+    ) -> np.ndarray:
+        """``T`` about ``ref`` for the rows ``which``, term by term, in float64.
+
+        ``z`` holds the rows' logits (window columns) and ``ref`` their per-row
+        reference ``c`` (None for 0), so ``x = z - c``. Two cases reach here:
+
+        * a ``-inf`` logit: ``q_k x_k`` must read as 0 where ``q_k = 0`` (``0 log 0``);
+        * a spread beyond the largest float (``1e308 - (-1e308)``): ``z - c`` overflows
+          although ``T`` may be representable. Such rows are summed at a quarter scale,
+          ``T = 4 sum_k w_k q_k (z_k / 4 - c / 4)``: scaling by a power of two is exact,
+          ``|z_k / 4 - c / 4| <= max / 2`` cannot overflow, and the final ``4 *`` gives
+          ``-inf`` only where ``T`` itself is beyond the range (then the loss is too).
+        """
         K = self.K
         prior = self.prior
         if prior.kind == "sample":
@@ -320,10 +336,19 @@ class Terms:
         wq = wq[:, self.k0 : self.k1]
         if self.w is not None:
             wq *= self.w
-        with np.errstate(invalid="ignore"):
-            terms = wq * x[which]
-        terms[wq == 0.0] = 0.0
-        result: np.ndarray = terms.sum(axis=1)
+        zw = z[which].astype(_F64)
+        c = np.zeros((zw.shape[0], 1)) if ref is None else ref[which].astype(_F64)[:, None]
+        with np.errstate(invalid="ignore", over="ignore"):
+            x = zw - c
+            # Overflowed differences: a finite logit whose x is infinite.
+            spread = np.isinf(x) & np.isfinite(zw)
+            quarter = spread.any(axis=1)
+            if quarter.any():
+                x[quarter] = zw[quarter] / 4 - c[quarter] / 4
+            terms = wq * x
+            terms[wq == 0.0] = 0.0
+            result: np.ndarray = terms.sum(axis=1)
+            result[quarter] *= 4
         return result
 
     # -- backward --------------------------------------------------------------
@@ -333,15 +358,28 @@ class Terms:
         if self.hot:
             assert self.p_const is not None
             share = eps * self.p_const
-            if share != 0.0:
-                g -= g.dtype.type(c * share)
             assert blk.flat_labels is not None
             flat = g.reshape(-1)  # g is a C-contiguous block: a view
-            flat[blk.flat_labels] -= g.dtype.type(c * (a - share if self.others else a))
+            # "others" gives the label no share of epsilon. Its column is read before
+            # the share is subtracted from every column and then written directly:
+            # subtracting the share and adding it back would cancel catastrophically
+            # (p_y - 1 + 1 at eps = 1 keeps only float32's absolute accuracy).
+            at_y = flat.take(blk.flat_labels) if self.others and share != 0.0 else None
+            if share != 0.0:
+                g -= g.dtype.type(c * share)
+            if at_y is not None:
+                flat[blk.flat_labels] = at_y - g.dtype.type(c * a)
+            else:
+                flat[blk.flat_labels] -= g.dtype.type(c * a)
             return
         if self.probabilistic and a != 0.0:
             t = blk.targets
             g -= (c * a) * (t if w is None else t * w)
+        at_y = None
+        if not self.probabilistic:
+            rows, cols = blk.label_positions()
+            if eps != 0.0 and self.others:
+                at_y = g[rows, cols]  # read before the share is subtracted (see above)
         if eps != 0.0:
             if self.prior.kind == "sample":
                 u = blk.sample_prior
@@ -352,10 +390,10 @@ class Terms:
             else:
                 g -= (c * eps * self.p_vec).astype(g.dtype)
         if not self.probabilistic:
-            # One scatter per row: the label's (1 - eps) w_y, and for "others" the
-            # prior share just subtracted from the label column is given back.
-            at_label = a * self._label_weight(blk)
-            if eps != 0.0 and self.others:
-                at_label = at_label - eps * self._prior_share_at_label(blk)
-            rows, cols = blk.label_positions()
-            g[rows, cols] -= c * at_label
+            # One scatter per row: the label's (1 - eps) w_y; for "others" the label
+            # column is written from its value before the prior share was subtracted.
+            at_label = c * (a * self._label_weight(blk))
+            if at_y is not None:
+                g[rows, cols] = at_y - at_label
+            else:
+                g[rows, cols] -= at_label

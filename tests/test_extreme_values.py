@@ -1,0 +1,132 @@
+"""Values at the edges of the floating range (issue 7, items 4, 5, 8, 14, 15).
+
+Every test runs under filterwarnings=error: a leaked NumPy warning fails it.
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import mpmath
+import numpy as np
+import pytest
+from reference import reference
+
+import smoothce
+from smoothce import _engine
+
+NEG_INF = -np.inf
+
+
+def _mp_loss(z, y, eps, K):
+    """Label-smoothed loss of one row with 60 significant digits (uniform prior)."""
+    mpmath.mp.dps = 60
+    zs = [mpmath.mpf(float(v)) for v in z]
+    m = max(zs)
+    lse = m + mpmath.log(mpmath.fsum(mpmath.exp(v - m) for v in zs))
+    q = [(1 - mpmath.mpf(eps)) * (k == y) + mpmath.mpf(eps) / K for k in range(K)]
+    return float(mpmath.fsum(qk * (lse - v) for qk, v in zip(q, zs, strict=False)))
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("label", [0, 2])
+def test_spread_beyond_the_float_range_gives_the_finite_loss(label, streamed):
+    # z - max overflowed: 1e308 - (-1e308) gave inf (and a warning) for a loss ~1e307.
+    z = np.array([[1e308, -1e308, 0.0]])
+    patch = mock.patch.object(_engine, "BLOCK_ELEMENTS", 2 if streamed else 1 << 17)
+    with patch:
+        got = smoothce.cross_entropy(z, [label], 0.1, reduction="none")
+        grad = smoothce.cross_entropy_grad(z, [label], 0.1, reduction="none")
+    truth = _mp_loss(z[0], label, 0.1, 3)
+    assert np.isfinite(got[0])
+    np.testing.assert_allclose(got[0], truth, rtol=1e-15)
+    assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_spread_whose_loss_is_beyond_the_range_is_inf_quietly(streamed):
+    z = np.array([[1e308, -1e308, 0.0]])  # label 1: the loss is 0.9 * 2e308
+    with mock.patch.object(_engine, "BLOCK_ELEMENTS", 2 if streamed else 1 << 17):
+        got = smoothce.cross_entropy(z, [1], 0.1, reduction="none")
+    assert got[0] == np.inf
+
+
+def test_log_softmax_below_the_float16_range_is_minus_inf_quietly():
+    out = smoothce.log_softmax(np.array([[65504.0, -65504.0]], dtype=np.float16))
+    assert out.dtype == np.float16
+    np.testing.assert_array_equal(out, [[0.0, NEG_INF]])
+
+
+@pytest.mark.parametrize("w", [1e-310, 5e-324, 1e-200, 1e200, 1e308])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_extreme_class_weights_scale_exactly(w, reduction):
+    # 1 / (sum of subnormal weights) overflowed: NaN gradients, and a mean of 1.5
+    # where equal weights cancel to the unweighted 1.4448.
+    z = np.array([[1.0, 2.0, 0.5], [3.0, 0.0, -1.0]])
+    y = np.array([0, 1])
+    loss, grad = smoothce.cross_entropy_with_grad(z, y, 0.1, weight=[w] * 3, reduction=reduction)
+    base, base_grad = smoothce.cross_entropy_with_grad(z, y, 0.1, reduction=reduction)
+    if reduction == "mean":  # equal weights cancel: exactly the unweighted mean
+        np.testing.assert_allclose(loss, base, rtol=1e-15)
+        np.testing.assert_allclose(grad, base_grad, rtol=1e-15, atol=1e-17)
+    else:  # linear in the weights: w times the unweighted values (w exact when normal)
+        with np.errstate(under="ignore", over="ignore"):
+            expected, expected_grad = np.multiply(base, w), base_grad * w
+        tiny = np.finfo(np.float64).smallest_subnormal
+        np.testing.assert_allclose(loss, expected, rtol=1e-15, atol=4 * tiny)
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-15, atol=4 * tiny)
+    assert not np.any(np.isnan(grad))
+
+
+def test_subnormal_weights_with_probability_targets():
+    z = np.array([[1.0, 2.0], [3.0, 0.0]])
+    t = np.array([[0.25, 0.75], [1.0, 0.0]])
+    loss, grad = smoothce.cross_entropy_with_grad(z, t, 0.1, weight=[1e-310, 1e-310])
+    ref_loss, ref_grad = reference(z, t, 0.1, weight=[1.0, 1.0])
+    np.testing.assert_allclose(loss / 1e-310, ref_loss, rtol=1e-9)
+    np.testing.assert_allclose(grad / 1e-310, ref_grad, rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", ["f2", "f4", "f8"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_loss_is_never_negative_for_a_one_hot_softmax(dtype, eps):
+    # The unshifted fast path gave -5e-8 for [[2, -inf, -inf]], label 0.
+    z = np.array([[2.0, NEG_INF, NEG_INF], [2.0, -200.0, -300.0], [7.0, 7.0, 7.0]], dtype=dtype)
+    y = [0, 0, 2]
+    prior = np.array([1.0, 0.0, 0.0])  # keeps the masked classes' target mass at 0
+    loss = smoothce.cross_entropy(z, y, eps, prior=prior, reduction="none")
+    assert np.all(loss >= 0)
+    assert loss[0] == 0.0
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_float16_loss_above_65504_is_inf_quietly(reduction):
+    z = np.array([[65504.0, -65504.0]], dtype=np.float16)
+    got = smoothce.cross_entropy(z, [1], reduction=reduction)
+    if reduction == "none":
+        assert got.dtype == np.float16
+        assert got[0] == np.inf
+    else:  # reduced losses are float32 scalars: 131008 is representable
+        assert got == np.float32(131008.0)
+
+
+def test_float32_sum_above_its_range_is_inf_quietly():
+    z = np.array([[3e38, -3e38]] * 4, dtype=np.float32)
+    got = smoothce.cross_entropy(z, [1] * 4, reduction="sum")
+    assert type(got) is np.float32
+    assert got == np.inf
+
+
+def test_float16_gradient_beyond_65504_is_inf_quietly():
+    z = np.array([[0.0, 30.0]], dtype=np.float16)
+    g = smoothce.cross_entropy_grad(z, [0], weight=[1e5, 1e5], reduction="sum")
+    assert g.dtype == np.float16
+    np.testing.assert_array_equal(g, [[-np.inf, np.inf]])
+
+
+def test_float64_partial_sums_beyond_the_range_are_inf_not_an_error():
+    # math.fsum raises OverflowError when finite parts overflow their total.
+    z = np.array([[1.7e308, -1.7e308]] * 2)
+    with mock.patch.object(_engine, "BLOCK_ELEMENTS", 2):  # one row per block
+        got = smoothce.cross_entropy(z, [1, 1], reduction="sum", workers=2)
+    assert got == np.inf

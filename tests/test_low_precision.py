@@ -1,0 +1,98 @@
+"""float16 inputs, and float16/float32 targets and priors (issue 7, items 1 and 2).
+
+Contract: float16 logits are computed in float32 and are as exact as float32 logits
+holding the same values; targets and priors are promoted to the compute dtype once.
+The general property over every option is in test_oracle.py; these pin the findings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from reference import reference
+
+import smoothce
+
+
+def test_float16_label_logit_is_not_rounded_to_float16():
+    # The label logit was multiplied by a Python float in float16 (NumPy 2 keeps
+    # float16 for `float * float16_array`): 0.5572384 instead of 0.5570919.
+    z16 = np.array([[0.0, 0.333]], dtype=np.float16)
+    got = smoothce.cross_entropy(z16, [1], 0.1)
+    truth, _ = reference(z16.astype(np.float64), np.array([1]), 0.1)
+    assert abs(float(got) - truth) <= 2e-6 * truth
+    assert got == smoothce.cross_entropy(z16.astype(np.float32), [1], 0.1)
+
+
+@pytest.mark.parametrize("prior", [None, "others"])
+@pytest.mark.parametrize("eps", [0.0, 0.1, 1.0])
+def test_float16_reduced_loss_equals_float32_on_the_same_values(prior, eps):
+    rng = np.random.default_rng(7)
+    z16 = (rng.standard_normal((64, 33)) * 8).astype(np.float16)
+    y = rng.integers(0, 33, 64)
+    for reduction in ("mean", "sum"):
+        # Row by row (a batch would average the old per-row errors away) and whole.
+        for rows in [slice(None)] + [slice(i, i + 1) for i in range(64)]:
+            got = smoothce.cross_entropy(z16[rows], y[rows], eps, prior=prior, reduction=reduction)
+            truth, _ = reference(
+                z16[rows].astype(np.float64), y[rows], eps, prior=prior, reduction=reduction
+            )
+            assert abs(float(got) - truth) <= 2e-6 * abs(truth) + 1e-6 * 2.0**-10
+
+
+def test_float16_per_element_results_are_the_float32_value_rounded_once():
+    rng = np.random.default_rng(3)
+    z16 = (rng.standard_normal((200, 17)) * 6).astype(np.float16)
+    y = rng.integers(0, 17, 200)
+    loss, grad = smoothce.cross_entropy_with_grad(z16, y, 0.2, reduction="none")
+    ref_loss, ref_grad = reference(z16.astype(np.float64), y, 0.2, reduction="none")
+    assert loss.dtype == grad.dtype == np.float16
+    # One rounding of a float32-accurate value: half a float16 spacing plus float32's
+    # own error (a few units of 2**-24 of the terms, at most 1e-5 here).
+    for got, ref in ((loss, ref_loss), (grad, ref_grad)):
+        half = np.spacing(np.abs(ref).astype(np.float16)).astype(np.float64) / 2
+        assert np.all(np.abs(got.astype(np.float64) - ref) <= half + 1e-5 * 2.0**-10)
+
+
+def test_gradient_of_float16_targets_sums_to_zero():
+    # (c * a) * t was taken in float16: the row summed to 3.2e-4 instead of ~1e-16.
+    t16 = np.array([[0.3, 0.7]], dtype=np.float16)
+    g = smoothce.cross_entropy_grad(np.zeros((1, 2)), t16, 0.1, reduction="sum")
+    g64 = smoothce.cross_entropy_grad(
+        np.zeros((1, 2)), t16.astype(np.float64), 0.1, reduction="sum"
+    )
+    np.testing.assert_array_equal(g, g64)
+    assert abs(g.sum()) <= 4 * np.finfo(np.float64).eps
+
+
+def test_gradient_with_a_float16_per_sample_prior_is_float64_exact():
+    # (c * eps) * u was taken in float16 (5e-4 relative); the prior's values are used
+    # exactly, so float64 logits get a float64-accurate gradient.
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((5, 4))
+    u16 = rng.dirichlet(np.ones(4), size=5).astype(np.float16)
+    y = rng.integers(0, 4, 5)
+    g = smoothce.cross_entropy_grad(z, y, 0.3, prior=u16, reduction="sum")
+    _, ref = reference(z, y, 0.3, prior=u16.astype(np.float64), reduction="sum")
+    np.testing.assert_allclose(g, ref, rtol=1e-13, atol=1e-15)
+
+
+def test_gradient_of_the_others_prior_keeps_float32_accuracy_at_the_label():
+    # The label column used to get the prior share subtracted and added back:
+    # p_y - 1 + 1 at eps = 1 left 6e-6 relative error on a 2.5e-3 gradient entry.
+    z = np.array([[0.0, 6.0]], dtype=np.float32)
+    g = smoothce.cross_entropy_grad(z, [0], 1.0, prior="others", reduction="none")
+    _, ref = reference(z.astype(np.float64), np.array([0]), 1.0, prior="others", reduction="none")
+    # The label entry p_0 is small: float32 holds it to a few units of 2**-24. (The
+    # other entry, p_1 - 1, cancels in any float32 evaluation of W p - w q.)
+    np.testing.assert_allclose(g[0, 0], ref[0, 0], rtol=8 * 2.0**-24)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_smooth_labels_in_a_narrow_dtype_are_rounded_once(dtype):
+    # Built in float64 and rounded once: summed in float16, (1 - eps) + eps / 7 gave
+    # 0.6533 at this epsilon where the rounded exact value is 0.653.
+    q = smoothce.smooth_labels([0, 2], 7, 0.40474949899799606, dtype=dtype)
+    exact = smoothce.smooth_labels([0, 2], 7, 0.40474949899799606).astype(dtype)
+    assert q.dtype == dtype
+    np.testing.assert_array_equal(q, exact)
