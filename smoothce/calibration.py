@@ -28,9 +28,15 @@ import numpy as np
 import numpy.typing as npt
 
 from ._stable import log_softmax
-from ._validation import check_axis, check_class_indices, classes_last
+from ._validation import _check_ignore_index, check_axis, check_class_indices, classes_last
 
 __all__ = ["BinCounts", "expected_calibration_error", "reliability_curve"]
+
+#: The most bins :func:`reliability_curve` and friends accept. Each bin costs three
+#: 8-byte sums (24 MB at this bound, allocated per call), and an ECE over a million
+#: bins already needs many millions of predictions before a bin holds more than noise;
+#: beyond it a typo (``n_bins=10**12``) would only surface as a MemoryError.
+MAX_BINS = 10**6
 
 
 @dataclass
@@ -53,6 +59,8 @@ class BinCounts:
 
     @classmethod
     def empty(cls, n_bins: int) -> BinCounts:
+        """Zero sums over ``n_bins`` bins (an integer in [1, :data:`MAX_BINS`])."""
+        n_bins = _check_bins(n_bins)
         return cls(np.zeros(n_bins, np.int64), np.zeros(n_bins), np.zeros(n_bins))
 
     def __iadd__(self, other: BinCounts) -> BinCounts:
@@ -70,11 +78,42 @@ class BinCounts:
 
 
 def _check_bins(n_bins: Any) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)):
+    if isinstance(n_bins, (bool, np.bool_)) or not isinstance(n_bins, (int, np.integer)):
         raise TypeError(f"n_bins must be an integer; got n_bins={n_bins!r}.")
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be at least 1; got n_bins={int(n_bins)}.")
+    if not 1 <= n_bins <= MAX_BINS:
+        raise ValueError(f"n_bins must be in [1, {MAX_BINS}]; got n_bins={int(n_bins)}.")
     return int(n_bins)
+
+
+def _check_scores(scores: npt.ArrayLike, axis: Any) -> tuple[np.ndarray, int]:
+    """``(scores as an ndarray, non-negative class axis)``, with at least one class."""
+    s = np.asarray(scores)
+    if s.dtype.kind not in "fiu":
+        raise TypeError(f"scores must be a real floating or integer array; got dtype {s.dtype}.")
+    if s.ndim == 0:
+        raise ValueError("scores must have at least one dimension (the class axis); got a scalar.")
+    ax = check_axis(axis, s.ndim)
+    if s.shape[ax] == 0:
+        raise ValueError(
+            f"scores must have at least one class along axis {ax}; got shape {s.shape}."
+        )
+    return s, ax
+
+
+def _check_probabilities(s: np.ndarray) -> None:
+    """Raise unless every entry of ``s`` lies in [0, 1] (NaN does not)."""
+    # Two reductions without temporaries decide it (NaN fails both comparisons); the
+    # search for the first offender runs only once we know there is one.
+    if s.size == 0 or (s.min() >= 0 and s.max() <= 1):
+        return
+    bad = ~((s >= 0) & (s <= 1))
+    first = int(np.argmax(bad))
+    where = list(int(i) for i in np.unravel_index(first, s.shape))
+    value = s.reshape(-1)[first].item()  # a Python scalar: prints 1.5, nan, 2
+    raise ValueError(
+        f"scores must be probabilities in [0, 1] when from_logits=False; got "
+        f"scores{where} = {value!r}. Use from_logits=True for logits."
+    )
 
 
 def bin_counts(
@@ -88,32 +127,34 @@ def bin_counts(
 ) -> BinCounts:
     """Accumulate :class:`BinCounts` for one batch (see :func:`reliability_curve`)."""
     n_bins = _check_bins(n_bins)
-    s = np.asarray(scores)
-    if s.dtype.kind not in "fiu":
-        raise TypeError(f"scores must be a real array; got dtype {s.dtype}.")
-    if s.ndim == 0:
-        raise ValueError("scores must have a class axis; got a scalar.")
-    ax = check_axis(axis, s.ndim)
+    s, ax = _check_scores(scores, axis)
+    if isinstance(from_logits, np.bool_) or not isinstance(from_logits, bool):
+        raise TypeError(f"from_logits must be True or False; got {from_logits!r}.")
+    ignore = _check_ignore_index(ignore_index)
     K = s.shape[ax]
     batch = s.shape[:ax] + s.shape[ax + 1 :]
-    s = classes_last(s, ax).reshape(-1, K)
     y = np.asarray(labels)
+    # An empty Python list arrives as float64; with the class-index shape it is
+    # unambiguous (as in the loss functions).
+    if y.dtype.kind == "f" and y.size == 0 and y.shape == batch:
+        y = y.astype(np.intp)
     if y.dtype.kind not in "iu":
         raise TypeError(f"labels must be integer class indices; got dtype {y.dtype}.")
     if y.shape != batch:
         raise ValueError(
-            f"labels must have the shape of scores without the class axis, {batch}; "
+            f"labels must have the shape of scores without the class axis {ax}, {batch}; "
             f"got shape {y.shape}."
         )
-    y, counted = check_class_indices(y, K, ignore_index)
+    if not from_logits:
+        _check_probabilities(s)
+    y, counted = check_class_indices(y, K, ignore)
     y = y.reshape(-1)
+    s = classes_last(s, ax).reshape(-1, K)
     if from_logits:
         # max softmax probability = exp(max log-softmax), computed without overflow.
         confidence = np.exp(log_softmax(s, axis=-1).max(axis=-1)).astype(np.float64)
     else:
-        if s.size and (s.min() < 0 or s.max() > 1 or not np.isfinite(s).all()):
-            raise ValueError("probabilities must lie in [0, 1]; use from_logits=True for logits.")
-        confidence = s.max(axis=-1).astype(np.float64) if K else np.zeros(len(s))
+        confidence = s.max(axis=-1).astype(np.float64)
     correct = (s.argmax(axis=-1) == y).astype(np.float64)
     if counted is not None:
         keep = counted.reshape(-1)
@@ -146,13 +187,27 @@ def reliability_curve(
     labels : array_like of int
         Class indices, the shape of ``scores`` without the class axis.
     n_bins : int, default 15
-        Number of equal-width bins on [0, 1] (right-closed; 0 falls in the first).
+        Number of equal-width bins on [0, 1] (right-closed; 0 falls in the first), in
+        [1, 10**6] (:data:`MAX_BINS`: each bin costs 24 bytes per call, and more bins
+        than that would need many millions of predictions to hold more than noise).
     axis : int, default -1
-        The class axis.
+        The class axis; it must have at least one class.
     from_logits : bool, default True
-        Whether ``scores`` are logits (softmax applied) or probabilities in [0, 1].
+        Whether ``scores`` are logits (softmax applied) or probabilities in [0, 1]
+        (anything else, NaN included, is a ValueError naming the first offender).
     ignore_index : int, optional
-        Label value whose elements are left out.
+        Label value whose elements are left out; an integer or None, checked as in
+        :func:`smoothce.cross_entropy`.
+
+    Raises
+    ------
+    TypeError
+        For scores that are not real numbers, non-integer labels, ``n_bins``, ``axis``
+        or ``ignore_index``, or a ``from_logits`` that is not a bool.
+    ValueError
+        For a shape mismatch, an empty class axis, labels outside [0, K) (other than
+        ``ignore_index``), ``n_bins`` outside [1, 10**6], or probabilities outside
+        [0, 1]; the message names the argument, the rule and the value received.
 
     Returns
     -------
