@@ -17,10 +17,17 @@ Both functions take logits (``from_logits=True``, the default; softmax is applie
 stably) or probabilities, with the classes on any axis. Internally they accumulate
 per-bin sums (:class:`BinCounts`), so large inputs can be processed in chunks and
 combined: ``python -m smoothce eval`` does that.
+
+A row of logits holding a NaN or a ``+inf``, or only ``-inf``, has no softmax and so no
+confidence. Like the loss functions, which give NaN for such a row, the ECE is then NaN
+and the reliability curve is NaN in every bin; such rows are counted in
+:attr:`BinCounts.undefined`. Rows whose label equals ``ignore_index`` are never looked
+at. Probabilities (``from_logits=False``) must lie in [0, 1]: NaN is an error there.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,11 +58,15 @@ class BinCounts:
         Sum of those confidences.
     correct : ndarray of float64, shape (n_bins,)
         Number of them whose top class is the label.
+    undefined : int
+        Counted predictions without a confidence (logits with a NaN or ``+inf``, or all
+        ``-inf``): in no bin, and they make :meth:`ece` NaN.
     """
 
     count: np.ndarray
     confidence: np.ndarray
     correct: np.ndarray
+    undefined: int = 0
 
     @classmethod
     def empty(cls, n_bins: int) -> BinCounts:
@@ -67,10 +78,14 @@ class BinCounts:
         self.count += other.count
         self.confidence += other.confidence
         self.correct += other.correct
+        self.undefined += other.undefined
         return self
 
     def ece(self) -> float:
-        """Expected calibration error of everything accumulated (0.0 when empty)."""
+        """Expected calibration error of everything accumulated (0.0 when empty, NaN
+        when a prediction had no confidence)."""
+        if self.undefined:
+            return math.nan
         n = int(self.count.sum())
         if n == 0:
             return 0.0
@@ -159,6 +174,14 @@ def bin_counts(
     if counted is not None:
         keep = counted.reshape(-1)
         confidence, correct = confidence[keep], correct[keep]
+    # A row without a softmax (NaN or +inf logit, or all -inf) has a NaN confidence and
+    # belongs in no bin. One test on the per-row vector (1/K of the logits' size) finds
+    # out; the mask is built only when there is such a row.
+    undefined = 0
+    if from_logits and np.isnan(confidence.sum()):
+        defined = ~np.isnan(confidence)
+        undefined = int(confidence.size - np.count_nonzero(defined))
+        confidence, correct = confidence[defined], correct[defined]
     # Equal-width bins, right-closed except the first: confidence 1.0 is in the last
     # bin and confidence 0.0 in the first.
     b = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
@@ -166,6 +189,7 @@ def bin_counts(
         np.bincount(b, minlength=n_bins).astype(np.int64),
         np.bincount(b, weights=confidence, minlength=n_bins),
         np.bincount(b, weights=correct, minlength=n_bins),
+        undefined,
     )
 
 
@@ -188,7 +212,7 @@ def reliability_curve(
         Class indices, the shape of ``scores`` without the class axis.
     n_bins : int, default 15
         Number of equal-width bins on [0, 1] (right-closed; 0 falls in the first), in
-        [1, 10**6] (:data:`MAX_BINS`: each bin costs 24 bytes per call, and more bins
+        [1, 10**6] (``MAX_BINS``: each bin costs 24 bytes per call, and more bins
         than that would need many millions of predictions to hold more than noise).
     axis : int, default -1
         The class axis; it must have at least one class.
@@ -212,11 +236,12 @@ def reliability_curve(
     Returns
     -------
     confidence : ndarray, shape (n_bins,)
-        Mean top-class confidence per bin (NaN for an empty bin).
+        Mean top-class confidence per bin (NaN for an empty bin; NaN in every bin when
+        a counted row of logits has no softmax, see the module docstring).
     accuracy : ndarray, shape (n_bins,)
-        Fraction of correct top-class predictions per bin (NaN for an empty bin).
+        Fraction of correct top-class predictions per bin (NaN as for ``confidence``).
     count : ndarray of int64, shape (n_bins,)
-        Predictions per bin.
+        Predictions per bin (those without a confidence are in none).
     edges : ndarray, shape (n_bins + 1,)
         Bin edges, ``linspace(0, 1, n_bins + 1)``.
 
@@ -237,6 +262,9 @@ def reliability_curve(
     with np.errstate(invalid="ignore", divide="ignore"):  # empty bins are NaN, by design
         confidence = c.confidence / c.count
         accuracy = c.correct / c.count
+    if c.undefined:
+        # The rows without a confidence could have fallen in any bin.
+        confidence[:] = accuracy[:] = np.nan
     return confidence, accuracy, c.count, np.linspace(0.0, 1.0, len(c.count) + 1)
 
 
@@ -261,7 +289,8 @@ def expected_calibration_error(
     Returns
     -------
     float
-        In [0, 1]; 0.0 for an empty input.
+        In [0, 1]; 0.0 for an empty input; NaN when a counted row of logits has a NaN
+        or ``+inf``, or only ``-inf`` (as the loss of that row is NaN).
 
     References
     ----------
