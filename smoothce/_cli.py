@@ -9,6 +9,7 @@ naive NumPy code, the exp floor and PyTorch (when installed) and prints the rati
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -175,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
             "(plain cross-entropy), perplexity, accuracy and expected calibration error. "
             "Both files are memory-mapped and streamed in chunks, so they may be larger "
             "than memory. Exit status 2, with a one-line message, on a missing or "
-            "unreadable file, a wrong shape or bad labels."
+            "unreadable file, a wrong shape, bad labels or non-finite logits (a NaN or "
+            "+inf logit, or a row of -inf, in a counted row)."
         ),
         epilog="example: python -m smoothce eval logits.npy labels.npy --epsilon 0.1 --json",
     )
@@ -201,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--bins", type=_bins, default=15,
         help=f"confidence bins of the ECE, 1 to {MAX_BINS} (default: 15)",
     )  # fmt: skip
-    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument(
+        "--json", action="store_true",
+        help="print one JSON object (strict JSON: an infinite loss or perplexity is null)",
+    )  # fmt: skip
     ev.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="progress bar on standard error (default: for logits over 256 MiB on a terminal)",
@@ -231,7 +236,13 @@ def run_eval(args: argparse.Namespace) -> int:
         )
         return 2
     if args.json:
-        print(json.dumps(report.as_dict()))
+        # JSON has no NaN or infinity; a legitimately infinite loss (a -inf logit on the
+        # label) or perplexity is written as null. NaN cannot occur: such files are refused.
+        fields = {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in report.as_dict().items()
+        }
+        print(json.dumps(fields, allow_nan=False))
     else:
         print(report.format())
     return 0

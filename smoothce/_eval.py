@@ -8,7 +8,11 @@ end. Nothing but the current chunk's work is in memory.
 Every problem with the files or arguments is an :class:`EvalError` with a one-line
 message saying what is wrong with which file: missing, a directory, empty, not a .npy
 file, a .npz archive, a damaged header, Python objects (never unpickled), truncated,
-too large to map, or no rows.
+too large to map, no rows, or a counted row of logits without a softmax (a NaN or
+``+inf`` logit, or only ``-inf``: the file is corrupt, and the first such row is named
+in the file's coordinates). Rows whose label is ``ignore_index`` are never looked at.
+The check for bad rows costs nothing extra: the calibration step already computes every
+row's confidence, which is NaN exactly for those rows.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from ._loss import cross_entropy
-from ._validation import check_axis
+from ._validation import check_axis, classes_last
 from .calibration import BinCounts, _check_bins, bin_counts
 
 __all__ = ["EvalError", "Report", "evaluate_files"]
@@ -177,6 +181,25 @@ def _load(path: str, what: str) -> np.ndarray:
     return arr
 
 
+def _first_bad_row(
+    zc: np.ndarray, yc: np.ndarray, ax: int, ignore_index: int | None
+) -> tuple[tuple[int, ...], int | None, float]:
+    """Where the first counted row of the chunk without a softmax is: ``(its batch
+    position in the chunk, the class of its first NaN or +inf logit or None when the row
+    is all -inf, that logit)``. Runs only once a chunk is known to have one."""
+    z = classes_last(np.asarray(zc), ax)
+    bad = np.isnan(z).any(axis=-1) | np.isposinf(z).any(axis=-1) | np.isneginf(z).all(axis=-1)
+    if ignore_index is not None:
+        bad &= yc != ignore_index
+    pos = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
+    row = z[pos]
+    hits = np.flatnonzero(np.isnan(row) | np.isposinf(row))
+    if hits.size == 0:
+        return pos, None, -math.inf
+    k = int(hits[0])
+    return pos, k, float(row[k])
+
+
 def _prior(value: str | None) -> Any:
     if value is None or value in ("uniform", "others"):
         return value
@@ -274,6 +297,24 @@ def evaluate_files(
             chunk_bins = bin_counts(zc, yc, n_bins=bins, axis=ax, ignore_index=ignore_index)
         except (TypeError, ValueError) as exc:
             raise EvalError(str(exc)) from None
+        if chunk_bins.undefined:
+            # A NaN confidence, so a NaN loss: find the row (only now) and name it in
+            # the file's coordinates: the chunk's position along axis c is offset.
+            pos, k, value = _first_bad_row(zc, yc, ax, ignore_index)
+            row = list(pos)
+            if z.ndim > 1:
+                row[c_lab] += start
+            if k is None:
+                raise EvalError(
+                    f"logits file {logits_path!r} has a row of only -inf logits: row {row} "
+                    "has no softmax, so the file is corrupt."
+                )
+            index = [*row[:ax], k, *row[ax:]]
+            raise EvalError(
+                f"logits file {logits_path!r} has a non-finite logit in row {row}: "
+                f"logits{index} = {value!r}; NaN and +inf logits have no softmax, so the "
+                "file is corrupt."
+            )
         bins_total += chunk_bins
         counted += int(chunk_bins.count.sum())
         correct += float(chunk_bins.correct.sum())

@@ -1,4 +1,4 @@
-"""`python -m smoothce eval` on bad files and arguments (issue 7, items 10, 17).
+"""`python -m smoothce eval` on bad files and arguments (issue 7, items 10, 16, 17).
 
 Each case runs the real command line (a subprocess, or ``main()`` where the failure has
 to be provoked from inside) and pins the exit status 2, a true one-line message on
@@ -7,6 +7,7 @@ standard error and no traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import struct
@@ -17,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import smoothce
 from smoothce import _cli, _eval
+from smoothce.calibration import expected_calibration_error
 
 
 def _run(*args: object, preexec_fn=None) -> subprocess.CompletedProcess[str]:
@@ -85,6 +88,114 @@ def test_bins_not_an_integer_names_the_option_and_the_value(good):
 def test_evaluate_files_refuses_huge_bins_too(good):
     with pytest.raises(_eval.EvalError, match=r"n_bins must be in \[1, 1000000\]"):
         _eval.evaluate_files(*map(str, good), bins=10**12)
+
+
+# -- item 16 -------------------------------------------------------------------------
+
+
+def _save_with(tmp_path: Path, z: np.ndarray, name: str = "bad.npy") -> Path:
+    np.save(tmp_path / name, z)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("value", "shown"), [(np.nan, "nan"), (np.inf, "inf")], ids=["nan", "inf"]
+)
+def test_nan_logits_exit_2_naming_the_first_bad_row(good, tmp_path, dtype, value, shown):
+    z = np.load(good[0]).astype(dtype)
+    z[23, 2] = value
+    z[41, 0] = value
+    bad = _save_with(tmp_path, z)
+    _assert_one_line_error(
+        _run(bad, good[1]),
+        rf"logits file '.*bad\.npy' has a non-finite logit in row \[23\]: "
+        rf"logits\[23, 2\] = {shown};",
+    )
+
+
+def test_a_row_of_only_minus_inf_is_corrupt_too(good, tmp_path):
+    z = np.load(good[0])
+    z[30] = -np.inf
+    _assert_one_line_error(
+        _run(_save_with(tmp_path, z), good[1]),
+        r"logits file '.*' has a row of only -inf logits: row \[30\]",
+    )
+
+
+@pytest.mark.parametrize("chunk", [None, 12])
+def test_bad_row_is_named_in_file_coordinates_whatever_the_chunk_and_axis(tmp_path, chunk):
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((9, 5, 4)).astype(np.float32)  # classes on axis 1
+    y = rng.integers(0, 5, size=(9, 4))
+    z[6, 3, 2] = np.nan
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", y)
+    extra = [] if chunk is None else ["--chunk-elements", chunk]
+    _assert_one_line_error(
+        _run(tmp_path / "z.npy", tmp_path / "y.npy", "--axis", 1, *extra),
+        r"non-finite logit in row \[6, 2\]: logits\[6, 3, 2\] = nan;",
+    )
+
+
+def test_bad_rows_whose_label_is_ignored_are_left_out(good, tmp_path):
+    z = np.load(good[0])
+    y = np.load(good[1])
+    z[23, 2] = np.nan
+    y[23] = -100
+    np.save(tmp_path / "y_ign.npy", y)
+    out = _run(_save_with(tmp_path, z), tmp_path / "y_ign.npy", "--ignore-index", -100, "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    keep = y != -100
+    assert report["counted"] == 49
+    assert report["ece"] == pytest.approx(expected_calibration_error(z[keep], y[keep]), abs=1e-12)
+
+
+def _strict_json(text: str) -> dict[str, object]:
+    def refuse(token: str) -> None:
+        raise AssertionError(f"invalid JSON token {token}")
+
+    result: dict[str, object] = json.loads(text, parse_constant=refuse)
+    return result
+
+
+def test_json_never_holds_nan_or_infinity(good, tmp_path):
+    """A -inf logit on the label is a legitimate +inf loss; JSON has no infinity."""
+    z = np.load(good[0])
+    y = np.load(good[1])
+    z[5, y[5]] = -np.inf
+    out = _run(_save_with(tmp_path, z), good[1], "--json")
+    assert out.returncode == 0, out.stderr
+    report = _strict_json(out.stdout)
+    assert report["smoothed_loss"] is None
+    assert report["nll"] is None
+    assert report["perplexity"] is None
+    assert report["accuracy"] == pytest.approx(float((z.argmax(1) == y).mean()))
+    text = _run(_save_with(tmp_path, z), good[1])
+    assert text.returncode == 0
+    assert re.search(r"NLL \(cross-entropy\)\s+inf", text.stdout)
+
+
+def test_json_of_a_huge_perplexity_is_null(tmp_path):
+    z = np.array([[0.0, -800.0]] * 3)
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", np.ones(3, int))
+    out = _run(tmp_path / "z.npy", tmp_path / "y.npy", "--json")
+    assert out.returncode == 0, out.stderr
+    report = _strict_json(out.stdout)
+    assert report["nll"] == pytest.approx(800.0)
+    assert report["perplexity"] is None
+
+
+def test_json_of_a_clean_file_is_strict_json(good):
+    out = _run(*good, "--json")
+    assert out.returncode == 0, out.stderr
+    report = _strict_json(out.stdout)
+    z, y = np.load(good[0]), np.load(good[1])
+    assert report["nll"] == pytest.approx(
+        float(smoothce.cross_entropy(z.astype(np.float64), y)), rel=1e-6
+    )
 
 
 # -- item 17 -------------------------------------------------------------------------
