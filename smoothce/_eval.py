@@ -304,14 +304,15 @@ def evaluate_files(
             row = list(pos)
             if z.ndim > 1:
                 row[c_lab] += start
+            where = f"row {row}" if row else "its only row"  # 1-D logits: one row
             if k is None:
                 raise EvalError(
-                    f"logits file {logits_path!r} has a row of only -inf logits: row {row} "
+                    f"logits file {logits_path!r} has a row of only -inf logits: {where} "
                     "has no softmax, so the file is corrupt."
                 )
             index = [*row[:ax], k, *row[ax:]]
             raise EvalError(
-                f"logits file {logits_path!r} has a non-finite logit in row {row}: "
+                f"logits file {logits_path!r} has a non-finite logit in {where}: "
                 f"logits{index} = {value!r}; NaN and +inf logits have no softmax, so the "
                 "file is corrupt."
             )

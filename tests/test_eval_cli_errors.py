@@ -138,6 +138,15 @@ def test_bad_row_is_named_in_file_coordinates_whatever_the_chunk_and_axis(tmp_pa
     )
 
 
+def test_one_dimensional_logits_have_one_row(tmp_path):
+    np.save(tmp_path / "z.npy", np.array([0.0, np.inf, 1.0]))
+    np.save(tmp_path / "y.npy", np.array(0))
+    _assert_one_line_error(
+        _run(tmp_path / "z.npy", tmp_path / "y.npy"),
+        r"has a non-finite logit in its only row: logits\[1\] = inf;",
+    )
+
+
 def test_bad_rows_whose_label_is_ignored_are_left_out(good, tmp_path):
     z = np.load(good[0])
     y = np.load(good[1])
