@@ -23,10 +23,10 @@ from smoothce import _cli, _eval
 from smoothce.calibration import expected_calibration_error
 
 
-def _run(*args: object, preexec_fn=None) -> subprocess.CompletedProcess[str]:
+def _run(*args: object, preexec_fn=None, env=None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "smoothce", "eval", *map(str, args)],
-        capture_output=True, text=True, check=False, preexec_fn=preexec_fn,
+        capture_output=True, text=True, check=False, preexec_fn=preexec_fn, env=env,
     )  # fmt: skip
 
 
@@ -306,6 +306,17 @@ def test_truncated_file_says_so(good, tmp_path):
     )
 
 
+def test_damaged_header_says_so(good, tmp_path):
+    header = "{'descr': 'not a dtype', 'fortran_order': False, 'shape': (2, 3), }"
+    header += " " * (63 - 10 - len(header)) + "\n"
+    data = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode()
+    (tmp_path / "bad.npy").write_bytes(data + bytes(24))
+    _assert_one_line_error(
+        _run(tmp_path / "bad.npy", good[1]),
+        r"logits file '.*bad\.npy' has a damaged \.npy header: ",
+    )
+
+
 def test_npz_archive_is_named(good, tmp_path):
     np.savez(tmp_path / "both.npz", a=np.zeros(3), b=np.zeros(3))
     _assert_one_line_error(
@@ -316,7 +327,7 @@ def test_npz_archive_is_named(good, tmp_path):
 def _limit_address_space() -> None:  # pragma: no cover - runs in the child
     import resource
 
-    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is Linux's")
@@ -331,8 +342,10 @@ def test_enomem_is_a_memory_message_not_unreadable(tmp_path):
         offset = f.tell()
     os.truncate(big, offset + 4 * shape[0] * shape[1])
     np.save(tmp_path / "y.npy", np.zeros(shape[0], np.int64))
+    # One BLAS thread: a many-core machine's per-thread buffers must not use up the limit.
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     message = _assert_one_line_error(
-        _run(big, tmp_path / "y.npy", preexec_fn=_limit_address_space),
+        _run(big, tmp_path / "y.npy", preexec_fn=_limit_address_space, env=env),
         r"not enough memory to map logits file '.*big\.npy' \(16\.0 GiB\)",
     )
     assert "not a readable" not in message
