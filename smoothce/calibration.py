@@ -70,7 +70,7 @@ class BinCounts:
 
     @classmethod
     def empty(cls, n_bins: int) -> BinCounts:
-        """Zero sums over ``n_bins`` bins (an integer in [1, :data:`MAX_BINS`])."""
+        """Zero sums over ``n_bins`` bins (an integer in [1, ``MAX_BINS``])."""
         n_bins = _check_bins(n_bins)
         return cls(np.zeros(n_bins, np.int64), np.zeros(n_bins), np.zeros(n_bins))
 
@@ -143,8 +143,9 @@ def bin_counts(
     """Accumulate :class:`BinCounts` for one batch (see :func:`reliability_curve`)."""
     n_bins = _check_bins(n_bins)
     s, ax = _check_scores(scores, axis)
-    if isinstance(from_logits, np.bool_) or not isinstance(from_logits, bool):
+    if not isinstance(from_logits, (bool, np.bool_)):
         raise TypeError(f"from_logits must be True or False; got {from_logits!r}.")
+    from_logits = bool(from_logits)
     ignore = _check_ignore_index(ignore_index)
     K = s.shape[ax]
     batch = s.shape[:ax] + s.shape[ax + 1 :]
@@ -223,16 +224,6 @@ def reliability_curve(
         Label value whose elements are left out; an integer or None, checked as in
         :func:`smoothce.cross_entropy`.
 
-    Raises
-    ------
-    TypeError
-        For scores that are not real numbers, non-integer labels, ``n_bins``, ``axis``
-        or ``ignore_index``, or a ``from_logits`` that is not a bool.
-    ValueError
-        For a shape mismatch, an empty class axis, labels outside [0, K) (other than
-        ``ignore_index``), ``n_bins`` outside [1, 10**6], or probabilities outside
-        [0, 1]; the message names the argument, the rule and the value received.
-
     Returns
     -------
     confidence : ndarray, shape (n_bins,)
@@ -244,6 +235,16 @@ def reliability_curve(
         Predictions per bin (those without a confidence are in none).
     edges : ndarray, shape (n_bins + 1,)
         Bin edges, ``linspace(0, 1, n_bins + 1)``.
+
+    Raises
+    ------
+    TypeError
+        For scores that are not real numbers, non-integer labels, ``n_bins``, ``axis``
+        or ``ignore_index``, or a ``from_logits`` that is not a bool.
+    ValueError
+        For a shape mismatch, an empty class axis, labels outside [0, K) (other than
+        ``ignore_index``), ``n_bins`` outside [1, 10**6], or probabilities outside
+        [0, 1]; the message names the argument, the rule and the value received.
 
     Examples
     --------

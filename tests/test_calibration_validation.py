@@ -149,3 +149,10 @@ def test_empty_label_list_is_zero_class_indices_like_the_loss(fn):
     """``[]`` arrives as float64; with the class-index shape it is unambiguous."""
     fn(np.zeros((0, 3)), [])
     assert expected_calibration_error(np.zeros((0, 3)), []) == 0.0
+
+
+def test_numpy_bool_from_logits_is_a_bool():
+    p = np.array([[0.9, 0.1], [0.2, 0.8]])
+    assert expected_calibration_error(p, [0, 1], from_logits=np.bool_(False)) == (
+        expected_calibration_error(p, [0, 1], from_logits=False)
+    )
