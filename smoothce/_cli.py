@@ -9,6 +9,7 @@ naive NumPy code, the exp floor and PyTorch (when installed) and prints the rati
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from . import __version__
 from ._baselines import naive_loss_and_grad
 from ._bench import DEFAULT_SHAPES, format_table, measure_shape
 from ._loss import cross_entropy_with_grad, soft_target_cross_entropy
+from .calibration import MAX_BINS
 
 #: The three worked examples of the seed document: (logits, labels, K, epsilon, mean).
 SEED_EXAMPLES: list[tuple[list[list[float]], list[int], int, float, float]] = [
@@ -91,9 +93,23 @@ def _workers(text: str) -> int:
 
 
 def _epsilon(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        # Raised as ValueError, argparse would name this function ("invalid _epsilon value").
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: not a number") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1]; got {value}")
+    return value
+
+
+def _bins(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: not an integer") from None
+    if not 1 <= value <= MAX_BINS:
+        raise argparse.ArgumentTypeError(f"must be in [1, {MAX_BINS}]; got {value}")
     return value
 
 
@@ -159,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Evaluate saved model outputs: the label-smoothed loss, the NLL "
             "(plain cross-entropy), perplexity, accuracy and expected calibration error. "
             "Both files are memory-mapped and streamed in chunks, so they may be larger "
-            "than memory. Exit status 2 on a missing file, a wrong shape or bad labels."
+            "than memory. Exit status 2, with a one-line message, on a missing or "
+            "unreadable file, a wrong shape, bad labels or non-finite logits (a NaN or "
+            "+inf logit, or a row of -inf, in a counted row)."
         ),
         epilog="example: python -m smoothce eval logits.npy labels.npy --epsilon 0.1 --json",
     )
@@ -182,9 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="smoothing prior: uniform (default), others (fairseq), or a .npy class prior",
     )  # fmt: skip
     ev.add_argument(
-        "--bins", type=_positive, default=15, help="confidence bins of the ECE (default: 15)"
-    )
-    ev.add_argument("--json", action="store_true", help="print one JSON object")
+        "--bins", type=_bins, default=15,
+        help=f"confidence bins of the ECE, 1 to {MAX_BINS} (default: 15)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--json", action="store_true",
+        help="print one JSON object (strict JSON: an infinite loss or perplexity is null)",
+    )  # fmt: skip
     ev.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="progress bar on standard error (default: for logits over 256 MiB on a terminal)",
@@ -207,8 +229,20 @@ def run_eval(args: argparse.Namespace) -> int:
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError as exc:
+        print(
+            f"error: not enough memory to evaluate {args.logits!r}: {' '.join(str(exc).split())}",
+            file=sys.stderr,
+        )
+        return 2
     if args.json:
-        print(json.dumps(report.as_dict()))
+        # JSON has no NaN or infinity; a legitimately infinite loss (a -inf logit on the
+        # label) or perplexity is written as null. NaN cannot occur: such files are refused.
+        fields = {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in report.as_dict().items()
+        }
+        print(json.dumps(fields, allow_nan=False))
     else:
         print(report.format())
     return 0

@@ -4,11 +4,22 @@ The logits and labels files (``.npy``) are memory-mapped and processed in chunks
 a batch axis, so files larger than memory work: each chunk adds its sums (smoothed
 loss, NLL, correct predictions, calibration bins) and the metrics are formed at the
 end. Nothing but the current chunk's work is in memory.
+
+Every problem with the files or arguments is an :class:`EvalError` with a one-line
+message saying what is wrong with which file: missing, a directory, empty, not a .npy
+file, a .npz archive, a damaged header, Python objects (never unpickled), truncated,
+too large to map, no rows, or a counted row of logits without a softmax (a NaN or
+``+inf`` logit, or only ``-inf``: the file is corrupt, and the first such row is named
+in the file's coordinates). Rows whose label is ``ignore_index`` are never looked at.
+The check for bad rows costs nothing extra: the calibration step already computes every
+row's confidence, which is NaN exactly for those rows.
 """
 
 from __future__ import annotations
 
+import errno
 import math
+import struct
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,13 +28,19 @@ from typing import Any, TextIO
 import numpy as np
 
 from ._loss import cross_entropy
-from ._validation import check_axis
-from .calibration import BinCounts, bin_counts
+from ._validation import check_axis, classes_last
+from .calibration import BinCounts, _check_bins, bin_counts
 
 __all__ = ["EvalError", "Report", "evaluate_files"]
 
 #: Logits per chunk: 2**22 float32 values are 16 MiB.
 CHUNK_ELEMENTS = 1 << 22
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+#: NumPy's own limit on a .npy header (``np.load``'s ``max_header_size``). A numeric
+#: array's header is under 200 bytes; anything near this is damaged or hostile.
+_MAX_HEADER = 10_000
 
 
 class EvalError(ValueError):
@@ -65,17 +82,122 @@ class Report:
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def _size(nbytes: int) -> str:
+    """``nbytes`` for people: 800 bytes, 3.2 MiB, 16.0 GiB."""
+    i = min((max(nbytes, 1).bit_length() - 1) // 10, 4)  # the power of 1024
+    unit = ("bytes", "KiB", "MiB", "GiB", "TiB")[i]
+    return f"{nbytes} bytes" if i == 0 else f"{nbytes / 1024**i:.1f} {unit}"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _read_header(p: Path, path: str, what: str) -> tuple[tuple[int, ...], np.dtype[Any], int]:
+    """``(shape, dtype, data offset)`` from a .npy header, or an :class:`EvalError`
+    saying what the file is instead."""
+    name = f"{what} file {path!r}"
+    try:
+        with p.open("rb") as f:
+            head = f.read(12)
+            if not head:
+                raise EvalError(f"{name} is empty (0 bytes), not a .npy array.")
+            if head.startswith(_ZIP_MAGIC):
+                raise EvalError(f"{name} is a .npz archive (several arrays); give one .npy.")
+            if not head.startswith(_NPY_MAGIC) or len(head) < 10:
+                raise EvalError(
+                    f"{name} is not a .npy file (it does not start with the .npy signature); "
+                    "save the array with numpy.save."
+                )
+            # Check the header's length before NumPy reads it: over its limit NumPy's
+            # message advises allow_pickle=True, which is never the answer here.
+            major = head[6]
+            if major == 1:
+                header_len = struct.unpack("<H", head[8:10])[0]
+            elif major in (2, 3) and len(head) == 12:
+                header_len = struct.unpack("<I", head[8:12])[0]
+            else:
+                raise EvalError(f"{name} has an unknown .npy format version {major}.")
+            if header_len > _MAX_HEADER:
+                raise EvalError(
+                    f"{name} has a .npy header of {header_len} bytes, more than NumPy reads "
+                    f"({_MAX_HEADER}); a numeric array needs under 200, so the file is damaged."
+                )
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read(f, max_header_size=_MAX_HEADER)
+            offset = f.tell()
+    except EvalError:
+        raise
+    except OSError as exc:
+        raise EvalError(f"{name} cannot be read: {exc.strerror or _one_line(exc)}.") from None
+    except ValueError as exc:  # a malformed header
+        raise EvalError(f"{name} has a damaged .npy header: {_one_line(exc)}") from None
+    if dtype.hasobject:
+        raise EvalError(
+            f"{name} holds Python objects (dtype {dtype}), which only unpickling could "
+            "load; save a numeric array."
+        )
+    return shape, dtype, offset
+
+
 def _load(path: str, what: str) -> np.ndarray:
+    """Memory-map the .npy file at ``path``, or raise an :class:`EvalError` saying what
+    is wrong with it (``what`` names the file: logits, labels, prior)."""
     p = Path(path)
+    name = f"{what} file {path!r}"
+    if p.is_dir():
+        raise EvalError(f"{name} is a directory; give a .npy file.")
+    if not p.exists():
+        raise EvalError(f"{name} does not exist.")
     if not p.is_file():
-        raise EvalError(f"{what} file {path!r} does not exist.")
+        raise EvalError(f"{name} is not a regular file.")
+    shape, dtype, offset = _read_header(p, path, what)
+    nbytes = math.prod(shape) * dtype.itemsize
+    present = p.stat().st_size - offset
+    if present < nbytes:
+        raise EvalError(
+            f"{name} is truncated: its header describes {nbytes} bytes of data "
+            f"(shape {shape}, {dtype}) but {present} follow."
+        )
     try:
         arr = np.load(p, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise EvalError(f"{what} file {path!r} is not a readable .npy array: {exc}") from None
-    if not isinstance(arr, np.ndarray):
-        raise EvalError(f"{what} file {path!r} holds several arrays (.npz); give one .npy.")
+    except (OSError, MemoryError) as exc:
+        if isinstance(exc, MemoryError) or exc.errno == errno.ENOMEM:
+            raise EvalError(
+                f"not enough memory to map {name} ({_size(nbytes)}): the address space is "
+                "limited (ulimit -v?)."
+            ) from None
+        raise EvalError(f"{name} cannot be read: {exc.strerror or _one_line(exc)}.") from None
+    except ValueError as exc:
+        raise EvalError(f"{name} is not a readable .npy array: {_one_line(exc)}") from None
+    if not isinstance(arr, np.ndarray):  # the header was checked; np.load is typed Any
+        raise EvalError(f"{name} is not a .npy array.")
     return arr
+
+
+def _first_bad_row(
+    zc: np.ndarray, yc: np.ndarray, ax: int, ignore_index: int | None
+) -> tuple[tuple[int, ...], int | None, float]:
+    """Where the first counted row of the chunk without a softmax is: ``(its batch
+    position in the chunk, the class of its first NaN or +inf logit or None when the row
+    is all -inf, that logit)``. Runs only once a chunk is known to have one."""
+    z = classes_last(np.asarray(zc), ax)
+    bad = np.isnan(z).any(axis=-1) | np.isposinf(z).any(axis=-1) | np.isneginf(z).all(axis=-1)
+    if ignore_index is not None:
+        bad &= yc != ignore_index
+    pos = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
+    row = z[pos]
+    hits = np.flatnonzero(np.isnan(row) | np.isposinf(row))
+    if hits.size == 0:
+        return pos, None, -math.inf
+    k = int(hits[0])
+    return pos, k, float(row[k])
 
 
 def _prior(value: str | None) -> Any:
@@ -134,6 +256,14 @@ def evaluate_files(
             f"labels must have the shape of the logits without the class axis {ax}, "
             f"{batch}; {labels_path!r} has shape {y.shape}."
         )
+    if math.prod(batch) == 0:
+        raise EvalError(
+            f"logits file {logits_path!r} has no rows (shape {z.shape}); nothing to evaluate."
+        )
+    try:
+        bins = _check_bins(bins)
+    except (TypeError, ValueError) as exc:
+        raise EvalError(str(exc)) from None
     u = _prior(prior)
     # Chunks run along the first batch axis (the labels' axis `c_lab`).
     c = 0 if ax != 0 else 1
@@ -167,6 +297,25 @@ def evaluate_files(
             chunk_bins = bin_counts(zc, yc, n_bins=bins, axis=ax, ignore_index=ignore_index)
         except (TypeError, ValueError) as exc:
             raise EvalError(str(exc)) from None
+        if chunk_bins.undefined:
+            # A NaN confidence, so a NaN loss: find the row (only now) and name it in
+            # the file's coordinates: the chunk's position along axis c is offset.
+            pos, k, value = _first_bad_row(zc, yc, ax, ignore_index)
+            row = list(pos)
+            if z.ndim > 1:
+                row[c_lab] += start
+            where = f"row {row}" if row else "its only row"  # 1-D logits: one row
+            if k is None:
+                raise EvalError(
+                    f"logits file {logits_path!r} has a row of only -inf logits: {where} "
+                    "has no softmax, so the file is corrupt."
+                )
+            index = [*row[:ax], k, *row[ax:]]
+            raise EvalError(
+                f"logits file {logits_path!r} has a non-finite logit in {where}: "
+                f"logits{index} = {value!r}; NaN and +inf logits have no softmax, so the "
+                "file is corrupt."
+            )
         bins_total += chunk_bins
         counted += int(chunk_bins.count.sum())
         correct += float(chunk_bins.correct.sum())

@@ -17,10 +17,17 @@ Both functions take logits (``from_logits=True``, the default; softmax is applie
 stably) or probabilities, with the classes on any axis. Internally they accumulate
 per-bin sums (:class:`BinCounts`), so large inputs can be processed in chunks and
 combined: ``python -m smoothce eval`` does that.
+
+A row of logits holding a NaN or a ``+inf``, or only ``-inf``, has no softmax and so no
+confidence. Like the loss functions, which give NaN for such a row, the ECE is then NaN
+and the reliability curve is NaN in every bin; such rows are counted in
+:attr:`BinCounts.undefined`. Rows whose label equals ``ignore_index`` are never looked
+at. Probabilities (``from_logits=False``) must lie in [0, 1]: NaN is an error there.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +35,15 @@ import numpy as np
 import numpy.typing as npt
 
 from ._stable import log_softmax
-from ._validation import check_axis, check_class_indices, classes_last
+from ._validation import _check_ignore_index, check_axis, check_class_indices, classes_last
 
 __all__ = ["BinCounts", "expected_calibration_error", "reliability_curve"]
+
+#: The most bins :func:`reliability_curve` and friends accept. Each bin costs three
+#: 8-byte sums (24 MB at this bound, allocated per call), and an ECE over a million
+#: bins already needs many millions of predictions before a bin holds more than noise;
+#: beyond it a typo (``n_bins=10**12``) would only surface as a MemoryError.
+MAX_BINS = 10**6
 
 
 @dataclass
@@ -45,24 +58,34 @@ class BinCounts:
         Sum of those confidences.
     correct : ndarray of float64, shape (n_bins,)
         Number of them whose top class is the label.
+    undefined : int
+        Counted predictions without a confidence (logits with a NaN or ``+inf``, or all
+        ``-inf``): in no bin, and they make :meth:`ece` NaN.
     """
 
     count: np.ndarray
     confidence: np.ndarray
     correct: np.ndarray
+    undefined: int = 0
 
     @classmethod
     def empty(cls, n_bins: int) -> BinCounts:
+        """Zero sums over ``n_bins`` bins (an integer in [1, ``MAX_BINS``])."""
+        n_bins = _check_bins(n_bins)
         return cls(np.zeros(n_bins, np.int64), np.zeros(n_bins), np.zeros(n_bins))
 
     def __iadd__(self, other: BinCounts) -> BinCounts:
         self.count += other.count
         self.confidence += other.confidence
         self.correct += other.correct
+        self.undefined += other.undefined
         return self
 
     def ece(self) -> float:
-        """Expected calibration error of everything accumulated (0.0 when empty)."""
+        """Expected calibration error of everything accumulated (0.0 when empty, NaN
+        when a prediction had no confidence)."""
+        if self.undefined:
+            return math.nan
         n = int(self.count.sum())
         if n == 0:
             return 0.0
@@ -70,11 +93,42 @@ class BinCounts:
 
 
 def _check_bins(n_bins: Any) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)):
+    if isinstance(n_bins, (bool, np.bool_)) or not isinstance(n_bins, (int, np.integer)):
         raise TypeError(f"n_bins must be an integer; got n_bins={n_bins!r}.")
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be at least 1; got n_bins={int(n_bins)}.")
+    if not 1 <= n_bins <= MAX_BINS:
+        raise ValueError(f"n_bins must be in [1, {MAX_BINS}]; got n_bins={int(n_bins)}.")
     return int(n_bins)
+
+
+def _check_scores(scores: npt.ArrayLike, axis: Any) -> tuple[np.ndarray, int]:
+    """``(scores as an ndarray, non-negative class axis)``, with at least one class."""
+    s = np.asarray(scores)
+    if s.dtype.kind not in "fiu":
+        raise TypeError(f"scores must be a real floating or integer array; got dtype {s.dtype}.")
+    if s.ndim == 0:
+        raise ValueError("scores must have at least one dimension (the class axis); got a scalar.")
+    ax = check_axis(axis, s.ndim)
+    if s.shape[ax] == 0:
+        raise ValueError(
+            f"scores must have at least one class along axis {ax}; got shape {s.shape}."
+        )
+    return s, ax
+
+
+def _check_probabilities(s: np.ndarray) -> None:
+    """Raise unless every entry of ``s`` lies in [0, 1] (NaN does not)."""
+    # Two reductions without temporaries decide it (NaN fails both comparisons); the
+    # search for the first offender runs only once we know there is one.
+    if s.size == 0 or (s.min() >= 0 and s.max() <= 1):
+        return
+    bad = ~((s >= 0) & (s <= 1))
+    first = int(np.argmax(bad))
+    where = list(int(i) for i in np.unravel_index(first, s.shape))
+    value = s.reshape(-1)[first].item()  # a Python scalar: prints 1.5, nan, 2
+    raise ValueError(
+        f"scores must be probabilities in [0, 1] when from_logits=False; got "
+        f"scores{where} = {value!r}. Use from_logits=True for logits."
+    )
 
 
 def bin_counts(
@@ -88,36 +142,47 @@ def bin_counts(
 ) -> BinCounts:
     """Accumulate :class:`BinCounts` for one batch (see :func:`reliability_curve`)."""
     n_bins = _check_bins(n_bins)
-    s = np.asarray(scores)
-    if s.dtype.kind not in "fiu":
-        raise TypeError(f"scores must be a real array; got dtype {s.dtype}.")
-    if s.ndim == 0:
-        raise ValueError("scores must have a class axis; got a scalar.")
-    ax = check_axis(axis, s.ndim)
+    s, ax = _check_scores(scores, axis)
+    if not isinstance(from_logits, (bool, np.bool_)):
+        raise TypeError(f"from_logits must be True or False; got {from_logits!r}.")
+    from_logits = bool(from_logits)
+    ignore = _check_ignore_index(ignore_index)
     K = s.shape[ax]
     batch = s.shape[:ax] + s.shape[ax + 1 :]
-    s = classes_last(s, ax).reshape(-1, K)
     y = np.asarray(labels)
+    # An empty Python list arrives as float64; with the class-index shape it is
+    # unambiguous (as in the loss functions).
+    if y.dtype.kind == "f" and y.size == 0 and y.shape == batch:
+        y = y.astype(np.intp)
     if y.dtype.kind not in "iu":
         raise TypeError(f"labels must be integer class indices; got dtype {y.dtype}.")
     if y.shape != batch:
         raise ValueError(
-            f"labels must have the shape of scores without the class axis, {batch}; "
+            f"labels must have the shape of scores without the class axis {ax}, {batch}; "
             f"got shape {y.shape}."
         )
-    y, counted = check_class_indices(y, K, ignore_index)
+    if not from_logits:
+        _check_probabilities(s)
+    y, counted = check_class_indices(y, K, ignore)
     y = y.reshape(-1)
+    s = classes_last(s, ax).reshape(-1, K)
     if from_logits:
         # max softmax probability = exp(max log-softmax), computed without overflow.
         confidence = np.exp(log_softmax(s, axis=-1).max(axis=-1)).astype(np.float64)
     else:
-        if s.size and (s.min() < 0 or s.max() > 1 or not np.isfinite(s).all()):
-            raise ValueError("probabilities must lie in [0, 1]; use from_logits=True for logits.")
-        confidence = s.max(axis=-1).astype(np.float64) if K else np.zeros(len(s))
+        confidence = s.max(axis=-1).astype(np.float64)
     correct = (s.argmax(axis=-1) == y).astype(np.float64)
     if counted is not None:
         keep = counted.reshape(-1)
         confidence, correct = confidence[keep], correct[keep]
+    # A row without a softmax (NaN or +inf logit, or all -inf) has a NaN confidence and
+    # belongs in no bin. One test on the per-row vector (1/K of the logits' size) finds
+    # out; the mask is built only when there is such a row.
+    undefined = 0
+    if from_logits and np.isnan(confidence.sum()):
+        defined = ~np.isnan(confidence)
+        undefined = int(confidence.size - np.count_nonzero(defined))
+        confidence, correct = confidence[defined], correct[defined]
     # Equal-width bins, right-closed except the first: confidence 1.0 is in the last
     # bin and confidence 0.0 in the first.
     b = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
@@ -125,6 +190,7 @@ def bin_counts(
         np.bincount(b, minlength=n_bins).astype(np.int64),
         np.bincount(b, weights=confidence, minlength=n_bins),
         np.bincount(b, weights=correct, minlength=n_bins),
+        undefined,
     )
 
 
@@ -146,24 +212,39 @@ def reliability_curve(
     labels : array_like of int
         Class indices, the shape of ``scores`` without the class axis.
     n_bins : int, default 15
-        Number of equal-width bins on [0, 1] (right-closed; 0 falls in the first).
+        Number of equal-width bins on [0, 1] (right-closed; 0 falls in the first), in
+        [1, 10**6] (``MAX_BINS``: each bin costs 24 bytes per call, and more bins
+        than that would need many millions of predictions to hold more than noise).
     axis : int, default -1
-        The class axis.
+        The class axis; it must have at least one class.
     from_logits : bool, default True
-        Whether ``scores`` are logits (softmax applied) or probabilities in [0, 1].
+        Whether ``scores`` are logits (softmax applied) or probabilities in [0, 1]
+        (anything else, NaN included, is a ValueError naming the first offender).
     ignore_index : int, optional
-        Label value whose elements are left out.
+        Label value whose elements are left out; an integer or None, checked as in
+        :func:`smoothce.cross_entropy`.
 
     Returns
     -------
     confidence : ndarray, shape (n_bins,)
-        Mean top-class confidence per bin (NaN for an empty bin).
+        Mean top-class confidence per bin (NaN for an empty bin; NaN in every bin when
+        a counted row of logits has no softmax, see the module docstring).
     accuracy : ndarray, shape (n_bins,)
-        Fraction of correct top-class predictions per bin (NaN for an empty bin).
+        Fraction of correct top-class predictions per bin (NaN as for ``confidence``).
     count : ndarray of int64, shape (n_bins,)
-        Predictions per bin.
+        Predictions per bin (those without a confidence are in none).
     edges : ndarray, shape (n_bins + 1,)
         Bin edges, ``linspace(0, 1, n_bins + 1)``.
+
+    Raises
+    ------
+    TypeError
+        For scores that are not real numbers, non-integer labels, ``n_bins``, ``axis``
+        or ``ignore_index``, or a ``from_logits`` that is not a bool.
+    ValueError
+        For a shape mismatch, an empty class axis, labels outside [0, K) (other than
+        ``ignore_index``), ``n_bins`` outside [1, 10**6], or probabilities outside
+        [0, 1]; the message names the argument, the rule and the value received.
 
     Examples
     --------
@@ -182,6 +263,9 @@ def reliability_curve(
     with np.errstate(invalid="ignore", divide="ignore"):  # empty bins are NaN, by design
         confidence = c.confidence / c.count
         accuracy = c.correct / c.count
+    if c.undefined:
+        # The rows without a confidence could have fallen in any bin.
+        confidence[:] = accuracy[:] = np.nan
     return confidence, accuracy, c.count, np.linspace(0.0, 1.0, len(c.count) + 1)
 
 
@@ -206,7 +290,8 @@ def expected_calibration_error(
     Returns
     -------
     float
-        In [0, 1]; 0.0 for an empty input.
+        In [0, 1]; 0.0 for an empty input; NaN when a counted row of logits has a NaN
+        or ``+inf``, or only ``-inf`` (as the loss of that row is NaN).
 
     References
     ----------

@@ -107,7 +107,7 @@ def test_large_logits_do_not_overflow():
         (
             lambda: expected_calibration_error(np.ones((2, 2)), [0, 1], n_bins=0),
             ValueError,
-            "n_bins must be at least 1; got n_bins=0",
+            r"n_bins must be in \[1, 1000000\]; got n_bins=0",
         ),
         (
             lambda: expected_calibration_error(np.ones((2, 2)), [0, 1], n_bins=2.5),
@@ -117,7 +117,7 @@ def test_large_logits_do_not_overflow():
         (
             lambda: expected_calibration_error(np.full((2, 2), 2.0), [0, 1], from_logits=False),
             ValueError,
-            r"probabilities must lie in \[0, 1\]",
+            r"scores must be probabilities in \[0, 1\] .*got scores\[0, 0\] = 2\.0",
         ),
         (
             lambda: expected_calibration_error(np.ones((2, 2)), [0, 2]),

@@ -100,7 +100,7 @@ def test_progress_bar_on_request(files):
             lambda d: (d / "logits.npy", d / "labels.npy", ["--axis", 1]),
             r"labels must be class indices .* got labels\[0, 0\] = -100",
         ),
-        (lambda d: (d / "text.npy", d / "labels.npy", []), "is not a readable .npy array"),
+        (lambda d: (d / "text.npy", d / "labels.npy", []), r"is not a \.npy file"),
         (
             lambda d: (
                 d / "logits.npy",
