@@ -35,7 +35,13 @@ import numpy as np
 import numpy.typing as npt
 
 from ._stable import log_softmax
-from ._validation import _check_ignore_index, check_axis, check_class_indices, classes_last
+from ._validation import (
+    _check_ignore_index,
+    as_array,
+    check_axis,
+    check_class_indices,
+    classes_last,
+)
 
 __all__ = ["BinCounts", "expected_calibration_error", "reliability_curve"]
 
@@ -102,7 +108,7 @@ def _check_bins(n_bins: Any) -> int:
 
 def _check_scores(scores: npt.ArrayLike, axis: Any) -> tuple[np.ndarray, int]:
     """``(scores as an ndarray, non-negative class axis)``, with at least one class."""
-    s = np.asarray(scores)
+    s = as_array("scores", scores)
     if s.dtype.kind not in "fiu":
         raise TypeError(f"scores must be a real floating or integer array; got dtype {s.dtype}.")
     if s.ndim == 0:
@@ -149,7 +155,7 @@ def bin_counts(
     ignore = _check_ignore_index(ignore_index)
     K = s.shape[ax]
     batch = s.shape[:ax] + s.shape[ax + 1 :]
-    y = np.asarray(labels)
+    y = as_array("labels", labels)
     # An empty Python list arrives as float64; with the class-index shape it is
     # unambiguous (as in the loss functions).
     if y.dtype.kind == "f" and y.size == 0 and y.shape == batch:

@@ -156,3 +156,13 @@ def test_numpy_bool_from_logits_is_a_bool():
     assert expected_calibration_error(p, [0, 1], from_logits=np.bool_(False)) == (
         expected_calibration_error(p, [0, 1], from_logits=False)
     )
+
+
+@pytest.mark.parametrize("which", ["scores", "labels"])
+def test_ragged_calibration_inputs_name_the_argument(which):
+    from smoothce.calibration import expected_calibration_error
+
+    args = {"scores": [[0.1, 0.9], [0.5, 0.5]], "labels": [1, 0]}
+    args[which] = [[0.1, 0.9], [0.5]] if which == "scores" else [[1], [0, 1]]
+    with pytest.raises(ValueError, match=rf"^{which} must be a rectangular array"):
+        expected_calibration_error(args["scores"], args["labels"])
