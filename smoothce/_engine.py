@@ -42,11 +42,26 @@ from typing import Any
 import numpy as np
 
 from ._parallel import resolve_workers, run_ranges
-from ._stable import BLOCK_ELEMENTS, is_view_of, row_blocks, row_sums, shift_rows
-from ._terms import Block, Terms
+from ._stable import (
+    BLOCK_ELEMENTS,
+    fast_exp_bounds,
+    is_view_of,
+    row_blocks,
+    row_sums,
+    shift_rows,
+)
+from ._terms import Block, Hot, Terms, hot_dot
 from ._validation import Prior, Problem, classes_last
 
-__all__ = ["evaluate", "exact_sum", "mean_denominator"]
+__all__ = [
+    "evaluate",
+    "exact_sum",
+    "finish_losses",
+    "hot_exp_and_dot",
+    "mean_denominator",
+    "row_losses",
+    "scale_exponentials",
+]
 
 _F64 = np.dtype(np.float64)
 
@@ -82,6 +97,66 @@ def exact_sum(parts: Any) -> float:
         return math.inf
     except ValueError:
         return math.nan
+
+
+def finish_losses(loss: np.ndarray, counted: np.ndarray | None) -> np.ndarray:
+    """Clamp element losses at 0 and zero the ignored ones, in place; return ``loss``.
+
+    Cross-entropy against a probability target is never negative, but ``W log S`` and
+    ``T`` are rounded separately, so a row whose softmax is one-hot can come out as -1
+    ulp of its terms (``maximum`` keeps NaN).
+    """
+    np.maximum(loss, 0.0, out=loss)
+    if counted is not None:
+        loss[~counted] = 0.0
+    return loss
+
+
+def row_losses(S: np.ndarray, T: np.ndarray, W: Any, counted: np.ndarray | None) -> np.ndarray:
+    """``W log S - T`` per row (float64), finished by :func:`finish_losses`."""
+    loss: np.ndarray = np.log(S)
+    if not (isinstance(W, float) and W == 1.0):
+        loss *= W
+    loss -= T
+    return finish_losses(loss, counted)
+
+
+def scale_exponentials(ws: np.ndarray, c: float, W: Any, S: np.ndarray) -> None:
+    """``ws <- c W p = exp(x) * (c W / S)`` in place: one multiply over the block.
+
+    Overflow here means a gradient entry beyond the dtype's range, which is inf: the
+    caller ignores overflow.
+    """
+    scale = (c * W / S).astype(ws.dtype)
+    ws *= scale[:, np.newaxis]
+
+
+def hot_exp_and_dot(
+    z2: np.ndarray, ws: np.ndarray, flat_labels: np.ndarray, hot: Hot, want_T: bool, fast: bool
+) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """:func:`_exp_and_dot` for :class:`~smoothce._terms.Hot` blocks, without repairs.
+
+    The same operations in the same order as the general path, so the same bits; it
+    returns None instead of repairing when a row leaves the fast range or ``T`` is not
+    finite (a ``-inf`` or NaN logit), and the caller then takes the general path. The
+    caller ignores overflow and invalid operations (their rows are the ones refused).
+    """
+    if fast:
+        np.exp(z2, out=ws, dtype=ws.dtype)
+        S = row_sums(ws)
+        T = hot_dot(z2, flat_labels, hot) if want_T else None
+        lo, hi = fast_exp_bounds(hot.K)
+        if not (lo <= S.min() and S.max() <= hi):
+            return None
+    else:
+        shift_rows(z2, ws)
+        T = hot_dot(ws, flat_labels, hot) if want_T else None
+        np.exp(ws, out=ws)
+        S = row_sums(ws)
+    # The Python float test costs no second NumPy call: inf and NaN fail it.
+    if T is not None and not math.isfinite(T.sum()):
+        return None
+    return S, T
 
 
 def _shifted(
@@ -171,16 +246,9 @@ class _Call:
             self.loss_rows = np.zeros(p.batch_shape, dtype=p.grad_dtype)
         self.fast = p.compute_dtype == np.float32
 
-    def store_loss(self, key: Any, loss: np.ndarray, counted: np.ndarray | None) -> float:
-        """Zero the ignored rows; write ``"none"`` losses; return the block's sum.
-
-        Cross-entropy against a probability target is never negative, but ``W log S``
-        and ``T`` are rounded separately, so a row whose softmax is one-hot can come out
-        as -1 ulp of its terms: clamped to 0 (``maximum`` keeps NaN).
-        """
-        np.maximum(loss, 0.0, out=loss)
-        if counted is not None:
-            loss[~counted] = 0.0
+    def store_loss(self, key: Any, loss: np.ndarray) -> float:
+        """Write ``"none"`` losses (finished by :func:`finish_losses`); return the
+        block's sum."""
         if self.loss_rows is not None:
             # A legitimately infinite loss (beyond float16's 65504, or a huge weight
             # times a loss) is stored quietly; so is a subnormal one.
@@ -194,11 +262,8 @@ class _Call:
 
     def finish_grad(self, ws: np.ndarray, W: Any, S: np.ndarray, terms: Terms, blk: Block) -> None:
         """Turn the exponentials in ``ws`` into the gradient, in place."""
-        # W p c = exp(x) * (c W / S): one multiply over the block. Overflow here means
-        # a gradient entry beyond the dtype's range: it is inf, quietly.
-        with np.errstate(over="ignore"):
-            scale = (self.c * W / S).astype(ws.dtype)
-            ws *= scale[:, np.newaxis]
+        with np.errstate(over="ignore"):  # an entry beyond the dtype's range is inf
+            scale_exponentials(ws, self.c, W, S)
             terms.subtract_targets(ws, blk, self.c)
         if blk.counted is not None:
             ws[~blk.counted] = 0
@@ -255,11 +320,7 @@ class _Call:
                 S, T = _exp_and_dot(z2, ws, terms, blk, self.want_loss, self.fast)
                 W = terms.mass(blk) if constant_mass is None else constant_mass
                 if T is not None:
-                    loss = np.log(S)
-                    if not (isinstance(W, float) and W == 1.0):
-                        loss *= W
-                    loss -= T
-                    partial[i] = self.store_loss(key, loss, blk.counted)
+                    partial[i] = self.store_loss(key, row_losses(S, T, W, blk.counted))
                 if g_blk is not None:
                     self.finish_grad(ws, W, S, terms, blk)
                     if ws is not g2:
@@ -320,7 +381,7 @@ class _Call:
                 loss = W_row * np.log(S_row) - T_parts.sum(axis=1)
             for r, key in enumerate(keys):
                 counted = None if p.counted is None else p.counted[key].reshape(-1)
-                partial.append(self.store_loss(key, loss[r : r + 1], counted))
+                partial.append(self.store_loss(key, finish_losses(loss[r : r + 1], counted)))
         if self.g_moved is not None:
             g_moved = self.g_moved
 

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._engine import evaluate
+from ._lean import lean_call
 from ._validation import Problem, check_num_classes, prepare
 
 __all__ = [
@@ -181,6 +182,12 @@ def cross_entropy(
     >>> smoothce.cross_entropy(z, [[1, -100]], axis=1, ignore_index=-100, reduction="none")
     array([[1.3862..., 0.        ]])
     """
+    lean = lean_call(
+        logits, labels, epsilon, axis, reduction, prior, weight, ignore_index,
+        num_classes, workers, None, True, False,
+    )  # fmt: skip
+    if lean is not None:
+        return lean[0]
     p = prepare(
         logits,
         labels,
@@ -243,6 +250,12 @@ def cross_entropy_grad(
     >>> g.sum(axis=-1)  # rows of an unweighted gradient sum to zero
     array([0.])
     """
+    lean = lean_call(
+        logits, labels, epsilon, axis, reduction, prior, weight, ignore_index,
+        num_classes, workers, None, False, True,
+    )  # fmt: skip
+    if lean is not None and lean[1] is not None:
+        return lean[1]
     p = prepare(
         logits,
         labels,
@@ -314,6 +327,12 @@ def cross_entropy_with_grad(
     >>> g is z
     True
     """
+    lean = lean_call(
+        logits, labels, epsilon, axis, reduction, prior, weight, ignore_index,
+        num_classes, workers, out, True, True,
+    )  # fmt: skip
+    if lean is not None:
+        return lean  # type: ignore[return-value]
     p = prepare(
         logits,
         labels,

@@ -37,7 +37,7 @@ from ._stable import Key, fast_exp_bounds, row_sums
 from ._targets import dense_targets
 from ._validation import Prior, Problem
 
-__all__ = ["Block", "Terms"]
+__all__ = ["Block", "Hot", "Terms", "hot_constants", "hot_dot", "hot_subtract"]
 
 _F64 = np.dtype(np.float64)
 
@@ -62,6 +62,76 @@ def _row_offsets(n: int, K: int) -> np.ndarray:
     offsets = np.arange(n) * K
     offsets.setflags(write=False)
     return offsets
+
+
+class Hot:
+    """Constants of the common case: integer labels over whole rows, no class weights,
+    the uniform or ``"others"`` prior (PyTorch's default and fairseq's variant).
+
+    Its terms need one row sum and one gather (:func:`hot_dot`), its gradient one
+    scalar subtract and one scatter (:func:`hot_subtract`), and its mass ``W`` is the
+    same on every row. Both the general engine and the lean path for small calls
+    (:mod:`smoothce._lean`) take these constants from here.
+    """
+
+    __slots__ = ("K", "W", "a", "at_label", "eps", "others", "p_const", "share")
+
+    def __init__(self, K: int, eps: float, others: bool) -> None:
+        self.K, self.eps, self.a, self.others = K, eps, 1.0 - eps, others
+        self.p_const = 1.0 / (K - 1 if others else K)
+        self.share = eps * self.p_const  # epsilon * u_k on every class
+        self.at_label = self.a - self.share if others else self.a  # coefficient of x_y in T
+        # a * 1 + eps * (sum of u over the classes, minus the label's share for "others"),
+        # in this order: the loss multiplies by W only when it is not exactly 1.
+        mass = self.a + eps * (self.p_const * K)
+        if others:
+            mass -= eps * self.p_const
+        self.W = mass
+
+
+@functools.lru_cache(maxsize=64)
+def hot_constants(K: int, eps: float, others: bool) -> Hot:
+    """:class:`Hot` for a call, cached: training loops repeat the same (K, eps)."""
+    return Hot(K, eps, others)
+
+
+def hot_dot(x: np.ndarray, flat_labels: np.ndarray, hot: Hot) -> np.ndarray:
+    """``T = eps u0 sum_k x_k + (a - eps u0 [others]) x_y`` per row, in float64.
+
+    ``x`` is a C-contiguous (rows, K) block; ``flat_labels`` the labels' positions in it
+    when flattened.
+    """
+    # The label logits are gathered into float64 before they meet the Python float
+    # `at_label`: NumPy keeps `float * float16_array` in float16, which rounded the loss
+    # of float16 logits to 11 bits (3e-4 relative error).
+    x_y = x.reshape(-1).take(flat_labels).astype(_F64)
+    if hot.share == 0.0:
+        T: np.ndarray = hot.at_label * x_y
+        return T
+    T = row_sums(x)
+    T *= hot.share
+    T += hot.at_label * x_y
+    return T
+
+
+def hot_subtract(g: np.ndarray, flat_labels: np.ndarray, hot: Hot, c: float) -> None:
+    """``g -= c q`` in place for one-hot labels and the uniform/"others" prior.
+
+    ``g`` is a C-contiguous (rows, K) block holding ``c W p``.
+    """
+    share = hot.share
+    flat = g.reshape(-1)  # a view: g is C-contiguous
+    # "others" gives the label no share of epsilon. Its column is read before the share
+    # is subtracted from every column and then written directly: subtracting the share
+    # and adding it back would cancel catastrophically (p_y - 1 + 1 at eps = 1 keeps
+    # only float32's absolute accuracy).
+    at_y = flat.take(flat_labels) if hot.others and share != 0.0 else None
+    if share != 0.0:
+        g -= g.dtype.type(c * share)
+    if at_y is not None:
+        flat[flat_labels] = at_y - g.dtype.type(c * hot.a)
+    else:
+        flat[flat_labels] -= g.dtype.type(c * hot.a)
 
 
 class Block:
@@ -178,7 +248,9 @@ class Terms:
         # The common case (PyTorch's default and the benchmarks): integer labels over
         # whole rows with the same prior share on every class. Its terms need one row
         # sum and one gather, and its gradient one scalar subtract and one scatter.
-        self.hot = not p.probabilistic and self.p_const is not None and k0 == 0 and k1 == K
+        self.hot: Hot | None = None
+        if not p.probabilistic and self.p_const is not None and k0 == 0 and k1 == K:
+            self.hot = hot_constants(K, eps, self.others)
         self.fast_range = fast_exp_bounds(K)
         # sum over the window of w_k u_k, before "others" removes the label's share.
         self.prior_mass = (
@@ -214,6 +286,8 @@ class Terms:
             return None
         if self.k0 != 0 or self.k1 != self.K:
             return None
+        if self.hot is not None:
+            return self.hot.W
         # a * 1 + eps * (sum of u over the classes, minus the label's share for "others")
         mass = self.a + self.eps * self.prior_mass
         if self.others:
@@ -254,8 +328,9 @@ class Terms:
         ``x`` has shape (rows, window). May leave NaN in rows with a ``-inf`` entry;
         :meth:`exact_dot` repairs them.
         """
-        if self.hot:
-            return self._hot_dot(x, blk)
+        if self.hot is not None:
+            assert blk.flat_labels is not None
+            return hot_dot(x, blk.flat_labels, self.hot)
         T = np.zeros(x.shape[0], dtype=_F64)
         w, a, eps = self.w, self.a, self.eps
         x_y = None
@@ -285,24 +360,6 @@ class Terms:
                     # u is zero on the label: take the label's term back out.
                     assert x_y is not None
                     T[blk.label_rows] -= eps * self._prior_share_at_label(blk) * x_y
-        return T
-
-    def _hot_dot(self, x: np.ndarray, blk: Block) -> np.ndarray:
-        """:meth:`dot` for :attr:`hot`: ``eps u0 sum_k x_k + (a - eps u0 [others]) x_y``."""
-        assert self.p_const is not None
-        share = self.eps * self.p_const
-        assert blk.flat_labels is not None
-        # The label logits are gathered into float64 before they meet the Python float
-        # `at_label`: NumPy keeps `float * float16_array` in float16, which rounded the
-        # loss of float16 logits to 11 bits (3e-4 relative error).
-        x_y = x.reshape(-1).take(blk.flat_labels).astype(_F64)
-        at_label = self.a - share if self.others else self.a
-        if share == 0.0:
-            T: np.ndarray = at_label * x_y
-            return T
-        T = row_sums(x)
-        T *= share
-        T += at_label * x_y
         return T
 
     def exact_dot(
@@ -355,22 +412,9 @@ class Terms:
     def subtract_targets(self, g: np.ndarray, blk: Block, c: float) -> None:
         """``g -= c * w * q`` over the window, in place, without forming ``q``."""
         w, a, eps = self.w, self.a, self.eps
-        if self.hot:
-            assert self.p_const is not None
-            share = eps * self.p_const
+        if self.hot is not None:
             assert blk.flat_labels is not None
-            flat = g.reshape(-1)  # g is a C-contiguous block: a view
-            # "others" gives the label no share of epsilon. Its column is read before
-            # the share is subtracted from every column and then written directly:
-            # subtracting the share and adding it back would cancel catastrophically
-            # (p_y - 1 + 1 at eps = 1 keeps only float32's absolute accuracy).
-            at_y = flat.take(blk.flat_labels) if self.others and share != 0.0 else None
-            if share != 0.0:
-                g -= g.dtype.type(c * share)
-            if at_y is not None:
-                flat[blk.flat_labels] = at_y - g.dtype.type(c * a)
-            else:
-                flat[blk.flat_labels] -= g.dtype.type(c * a)
+            hot_subtract(g, blk.flat_labels, self.hot, c)
             return
         if self.probabilistic and a != 0.0:
             t = blk.targets

@@ -1,0 +1,156 @@
+"""The lean path for small calls gives the general path's results, bit for bit.
+
+:func:`smoothce._lean.lean_call` evaluates the common case (2-D, integer labels,
+uniform or "others" prior, optional ignore_index, no weights, one block) with the
+engine's own functions; anything else, and every input it cannot accept at a glance,
+goes to the general path. These tests run each call both ways (the general path by
+switching the lean one off) and compare bits, over the option grid and over inputs
+the lean path must hand over (special values, bad arguments).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import smoothce
+from smoothce import _lean, _loss
+
+SPECIAL = st.sampled_from([0.0, 1.0, -3.5, 88.0, 100.0, -1e4, np.inf, -np.inf, np.nan])
+
+
+@st.composite
+def lean_cases(draw: Any) -> dict[str, Any]:
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    N, K = draw(st.integers(1, 40)), draw(st.integers(1, 12))
+    values = (
+        st.floats(-50, 50, width=32) | SPECIAL
+        if draw(st.booleans())
+        else st.floats(-50, 50, width=32)
+    )
+    z = draw(arrays(dtype, (N, K), elements=values))
+    y = draw(
+        arrays(
+            draw(st.sampled_from([np.int64, np.int32, np.uint8])),
+            (N,),
+            elements=st.integers(0, K - 1),
+        )
+    )
+    kwargs: dict[str, Any] = {
+        "reduction": draw(st.sampled_from(["mean", "sum", "none"])),
+        "prior": draw(st.sampled_from([None, "uniform"] + (["others"] if K >= 2 else []))),
+    }
+    eps = draw(st.sampled_from([0.0, 1.0, 0.1, 0.5]) | st.floats(0.0, 1.0))
+    if draw(st.booleans()) and y.dtype != np.uint8:
+        kwargs["ignore_index"] = ign = draw(st.integers(-1, K - 1))
+        y = np.where(draw(arrays(np.bool_, (N,))), ign, y).astype(y.dtype)
+    if draw(st.booleans()):
+        kwargs["workers"] = draw(st.sampled_from([1, 2]))
+    return {"z": z, "y": y, "eps": eps, "kwargs": kwargs}
+
+
+def _general(fn, *args, **kwargs):
+    with mock.patch.object(_loss, "lean_call", return_value=None):
+        return fn(*args, **kwargs)
+
+
+def _taken(fn, *args, **kwargs) -> tuple[Any, bool]:
+    """Call through the lean path and say whether it answered."""
+    answered = []
+
+    def spy(*a):
+        r = _lean.lean_call(*a)
+        answered.append(r is not None)
+        return r
+
+    with mock.patch.object(_loss, "lean_call", spy):
+        return fn(*args, **kwargs), answered[0]
+
+
+def _same(a, b) -> None:
+    if isinstance(a, tuple):
+        for x, y in zip(a, b, strict=True):
+            _same(x, y)
+        return
+    assert type(a) is type(b)
+    np.testing.assert_array_equal(a, b, strict=True)
+
+
+@given(lean_cases())
+def test_lean_and_general_paths_agree_bit_for_bit(case):
+    z, y, eps, kw = case["z"], case["y"], case["eps"], case["kwargs"]
+    for fn in (
+        smoothce.cross_entropy,
+        smoothce.cross_entropy_grad,
+        smoothce.cross_entropy_with_grad,
+    ):
+        got, _ = _taken(fn, z, y, eps, **kw)  # a leaked warning fails (filterwarnings)
+        _same(got, _general(fn, z, y, eps, **kw))
+    out1, out2 = np.full_like(z, 7), np.full_like(z, 7)
+    loss1, g1 = smoothce.cross_entropy_with_grad(z, y, eps, out=out1, **kw)
+    loss2, g2 = _general(smoothce.cross_entropy_with_grad, z, y, eps, out=out2, **kw)
+    assert g1 is out1
+    assert g2 is out2
+    _same((loss1, out1), (loss2, out2))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("prior", [None, "uniform", "others"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_the_common_case_takes_the_lean_path(dtype, prior, reduction):
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((32, 10)).astype(dtype)
+    y = rng.integers(0, 10, 32)
+    for fn in (
+        smoothce.cross_entropy,
+        smoothce.cross_entropy_grad,
+        smoothce.cross_entropy_with_grad,
+    ):
+        _, lean = _taken(fn, z, y, 0.1, prior=prior, reduction=reduction, ignore_index=3)
+        assert lean
+
+
+@pytest.mark.parametrize(
+    ("logits", "labels", "kwargs"),
+    [
+        (np.zeros((2, 3), np.float16), [0, 1], {}),  # float16: general path
+        (np.zeros((2, 3)), [0, 1], {}),  # a list of labels
+        (np.zeros((2, 3)), np.array([0, -1]), {}),  # a negative label: error
+        (np.zeros((2, 3)), np.array([0, 3]), {}),  # out of range: error
+        (np.zeros((3, 2)).T, np.array([0, 1]), {}),  # not C-contiguous
+        (np.zeros((2, 3)), np.array([0, 1]), {"weight": [1.0, 2.0, 3.0]}),
+        (np.zeros((2, 3)), np.array([0, 1]), {"prior": np.full(3, 1 / 3)}),
+        (np.zeros((2, 3)), np.array([0, 1]), {"axis": 0}),
+        (np.zeros((2, 3)), np.array([0, 1]), {"workers": -1}),
+        (np.zeros((2, 3)), np.array([0.2, 0.8]), {}),  # float labels: shape error
+        (np.array([[0.0, -np.inf, 1.0]]), np.array([1]), {"prior": "others"}),
+        (np.array([[1e4, 0.0, 1.0]], np.float32), np.array([1]), {}),  # fast range
+    ],
+)
+def test_inputs_outside_the_common_case_go_to_the_general_path(logits, labels, kwargs):
+    def outcome(fn):
+        try:
+            return fn()
+        except (TypeError, ValueError) as exc:
+            return type(exc), str(exc)
+
+    def call():
+        return smoothce.cross_entropy_with_grad(logits, labels, 1.0, **kwargs)
+
+    (got, lean) = (None, False)
+    try:
+        got, lean = _taken(smoothce.cross_entropy_with_grad, logits, labels, 1.0, **kwargs)
+    except (TypeError, ValueError) as exc:
+        got = (type(exc), str(exc))
+    assert not lean
+    expected = outcome(lambda: _general(call))
+    if isinstance(expected, tuple) and isinstance(expected[0], type):
+        assert got == expected
+    else:
+        _same(got, expected)
