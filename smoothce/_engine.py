@@ -49,6 +49,7 @@ from ._stable import (
     row_blocks,
     row_sums,
     shift_rows,
+    store_float16,
 )
 from ._terms import Block, Hot, Terms, hot_dot
 from ._validation import Prior, Problem, classes_last
@@ -279,6 +280,9 @@ class _Call:
         per_block = max(1, BLOCK_ELEMENTS // K)
         keys = list(row_blocks(p.batch_shape, per_block))
         n_rows = math.prod(p.batch_shape)
+        # The workspace holds one block, and no more rows than the batch has (a small
+        # call would otherwise allocate a whole 512 KiB block each time).
+        ws_rows = min(per_block, n_rows)
         partial = np.zeros(len(keys))
         terms = Terms(p)
         # The loss mass is the same on every row in the common case: compute it once.
@@ -309,13 +313,13 @@ class _Call:
                         # In place (out=logits): the exponentials would overwrite z
                         # before the terms read it; read a copy, same bits as ever.
                         if ws_all is None:
-                            ws_all = np.empty((per_block, K), dtype=p.compute_dtype)
+                            ws_all = np.empty((ws_rows, K), dtype=p.compute_dtype)
                         scratch = ws_all[: z2.shape[0]]
                         np.copyto(scratch, z2)
                         z2 = scratch
                 else:
                     if ws_all is None:
-                        ws_all = np.empty((per_block, K), dtype=p.compute_dtype)
+                        ws_all = np.empty((ws_rows, K), dtype=p.compute_dtype)
                     ws = ws_all[: z2.shape[0]]
                 S, T = _exp_and_dot(z2, ws, terms, blk, self.want_loss, self.fast)
                 W = terms.mass(blk) if constant_mass is None else constant_mass
@@ -325,7 +329,10 @@ class _Call:
                     self.finish_grad(ws, W, S, terms, blk)
                     if ws is not g2:
                         with np.errstate(over="ignore"):  # float32 -> float16: inf quietly
-                            g_blk[...] = ws.reshape(g_blk.shape)
+                            if g_blk.dtype == np.float16:
+                                store_float16(g_blk, ws.reshape(g_blk.shape))
+                            else:
+                                g_blk[...] = ws.reshape(g_blk.shape)
 
         run_ranges(len(keys), n, work)
         return float(partial[0]) if len(partial) == 1 else exact_sum(partial)
@@ -399,7 +406,11 @@ class _Call:
                     # p = exp(z - m) / S needs the whole row's mass, not the chunk's.
                     self.finish_grad(buf, W_row[r], S_row[r : r + 1], win_terms[j], blk)
                     with np.errstate(over="ignore"):
-                        g_moved[keys[r]].reshape(-1, K)[:, k0:k1] = buf
+                        dst = g_moved[keys[r]].reshape(-1, K)[:, k0:k1]
+                        if dst.dtype == np.float16:
+                            store_float16(dst, buf)
+                        else:
+                            dst[...] = buf
 
             run_ranges(len(keys) * nw, n, second_pass)
         return exact_sum(partial)

@@ -204,3 +204,21 @@ def test_memmap_logits_stream_under_an_address_space_limit(tmp_path):
         ]
     )
     np.testing.assert_allclose(float(out.stdout), expected, rtol=1e-6)
+
+
+def test_a_small_call_allocates_a_workspace_of_its_own_size():
+    # The workspace was a whole 2**17-element block (512 KiB in float32) for every
+    # call, 400x the logits at (32, 10).
+    import tracemalloc
+
+    z = np.zeros((32, 10), np.float32)
+    y = np.zeros(32, np.intp)
+    w = np.ones(10)  # class weights: the general path
+    smoothce.cross_entropy(z, y, 0.1, weight=w)
+    tracemalloc.start()
+    try:
+        smoothce.cross_entropy(z, y, 0.1, weight=w)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 1024

@@ -96,3 +96,33 @@ def test_smooth_labels_in_a_narrow_dtype_are_rounded_once(dtype):
     exact = smoothce.smooth_labels([0, 2], 7, 0.40474949899799606).astype(dtype)
     assert q.dtype == dtype
     np.testing.assert_array_equal(q, exact)
+
+
+def test_store_float16_rounds_exactly_as_the_cast():
+    # The gradient's float32 -> float16 store pre-rounds float16-subnormal values (the
+    # cast is 20x slower on them); the bits must be the cast's, ties and signs included.
+    from smoothce._stable import store_float16
+
+    rng = np.random.default_rng(11)
+    steps = np.arange(-2100, 2100, dtype=np.float64) * 2.0**-25  # every tie below 2**-14
+    values = np.concatenate(
+        [
+            (rng.standard_normal(20000) * 10.0 ** rng.uniform(-12, 4, 20000)),
+            steps,
+            [0.0, -0.0, np.inf, -np.inf, np.nan, 2.0**-14, -(2.0**-14), 65504.0, 65520.0, 1e6],
+        ]
+    ).astype(np.float32)
+    with np.errstate(over="ignore"):
+        expected = values.astype(np.float16)
+        got = np.empty_like(expected)
+        store_float16(got, values.copy())
+    np.testing.assert_array_equal(got.view(np.uint16), expected.view(np.uint16))
+
+
+def test_float16_gradient_equals_the_float32_gradient_cast():
+    rng = np.random.default_rng(2)
+    z16 = (rng.standard_normal((300, 700)) * 3).astype(np.float16)
+    y = rng.integers(0, 700, 300)
+    g16 = smoothce.cross_entropy_grad(z16, y, 0.1)  # mean: entries ~1e-8, subnormal in float16
+    g32 = smoothce.cross_entropy_grad(z16.astype(np.float32), y, 0.1)
+    np.testing.assert_array_equal(g16.view(np.uint16), g32.astype(np.float16).view(np.uint16))
