@@ -568,7 +568,7 @@ def format_table(results: list[Measurement], out: TextIO) -> None:
                 file=out,
             )
         for key, why in m.skipped.items():
-            print(f"  {key:28s} not timed: {why}", file=out)
+            print(f"  {key}: not timed: {why}", file=out)
         pairs = comparisons(m)
         if pairs:
             print("  verdicts:", file=out)
