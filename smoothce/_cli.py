@@ -323,7 +323,12 @@ def run_bench(args: argparse.Namespace) -> int:
         import json
         from dataclasses import asdict
 
-        doc = {"cores": cores, "sweep": bool(args.sweep), "results": [asdict(m) for m in results]}
+        doc = {
+            "cores": cores,
+            "sweep": bool(args.sweep),
+            "load_average": load,  # before the run: how busy the machine was
+            "results": [asdict(m) for m in results],
+        }
         print(json.dumps(doc, indent=1))
     elif args.sweep:
         for w in workers or [1]:
