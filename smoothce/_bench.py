@@ -1,7 +1,7 @@
 """Timing smoothce against the naive NumPy code, the exp floor and PyTorch.
 
 Used by ``python -m smoothce bench``. The method, chosen for shared machines whose
-timings swing by 2x from one millisecond to the next:
+timings swing by 2x from one moment to the next:
 
 * **Samples long enough to measure.** A sample times ``number`` calls back to back,
   with ``number`` chosen once per candidate (as :meth:`timeit.Timer.autorange` does)
@@ -189,7 +189,7 @@ class Candidate:
 
     key: str
     label: str
-    kind: str  # exp floor, smoothce, naive or torch
+    kind: str  # floor, smoothce, naive or torch
     threads: int
     fn: Callable[[], Any]
     memory: Callable[[], Any] | None = None  # the call whose extra memory is reported
