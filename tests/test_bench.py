@@ -165,6 +165,23 @@ def test_rounds_interleave_candidates_and_set_threads_outside_the_timed_region(m
     assert len({tuple(r) for r in rounds}) == 3  # the order rotates
 
 
+def test_a_candidate_that_slows_down_after_calibration_gets_fewer_calls(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(_bench.time, "perf_counter", clock.perf_counter)
+    cost = [1e-3]
+
+    def fn():
+        clock.now += cost[0]
+
+    c = _bench.Candidate("a", "a", "naive", 1, fn)
+    number = _bench._calls_per_sample(fn, 0.02)
+    cost[0] = 1e-2  # ten times slower from now on: samples would last ten times longer
+    samples, numbers = _bench._run_rounds([c], lambda c: None, 3, 0.02, None)
+    assert samples["a"] == [pytest.approx(1e-2)] * 3
+    assert numbers["a"] < number
+    assert numbers["a"] * 1e-2 >= 0.02
+
+
 # -- a real, tiny measurement ---------------------------------------------------------
 
 
