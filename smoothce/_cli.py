@@ -94,7 +94,10 @@ def _positive(text: str) -> int:
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}") from None
     if not value > 0 or not np.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a positive number; got {text}")
     return value

@@ -42,6 +42,7 @@ def test_version_flag():
         (["bench", "--dtype", "int8"], "invalid choice: 'int8'"),
         (["bench", "--max-memory", "0"], "must be a positive number; got 0"),
         (["bench", "--min-sample-ms", "nan"], "must be a positive number; got nan"),
+        (["bench", "--max-memory", "lots"], "must be a positive number; got 'lots'"),
     ],
 )
 def test_bad_arguments_exit_with_status_2(args, message):
