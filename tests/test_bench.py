@@ -296,3 +296,15 @@ def test_rounds_one_runs_one_round_and_says_it_has_no_spread(capsys):
 def test_sweep_refuses_shapes(capsys):
     assert _cli.main(["bench", "--sweep", "--shape", "8", "3"]) == 2
     assert "--sweep times its own grid" in capsys.readouterr().err
+
+
+def test_sweep_prints_a_grid_against_naive_and_one_against_torch(monkeypatch, capsys):
+    monkeypatch.setattr(_cli, "SWEEP_N", (4, 8))
+    monkeypatch.setattr(_cli, "SWEEP_K", (3, 5))
+    assert _cli.main(["bench", "--sweep", "--rounds", "3", "--min-sample-ms", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "smoothce fwd+grad, 1 thread, against naive fwd+grad" in out
+    assert "smoothce fwd+grad, 1 thread, against torch fwd+bwd, 1 thread" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["4"], ["8"])]
+    assert len(rows) == 4  # two rows in each of the two grids
+    assert all(len(row) >= 3 for row in rows)
