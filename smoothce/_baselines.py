@@ -10,7 +10,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["exp_floor", "naive_loss_and_grad"]
+__all__ = ["exp_floor", "naive_loss", "naive_loss_and_grad"]
+
+
+def _naive_terms(
+    logits: np.ndarray, labels: np.ndarray, epsilon: float
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    n, k = logits.shape
+    q = np.full(logits.shape, epsilon / k, dtype=logits.dtype)
+    q[np.arange(n), labels] += 1.0 - epsilon
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    loss = -(q * np.log(p)).sum(axis=1).mean()
+    return loss, p, q
 
 
 def naive_loss_and_grad(
@@ -21,13 +33,13 @@ def naive_loss_and_grad(
     Builds the dense target ``q``, takes ``log(softmax(z))`` and forms ``p - q``:
     several full (N, K) temporaries, and ``-inf`` where a probability underflows.
     """
-    n, k = logits.shape
-    q = np.full(logits.shape, epsilon / k, dtype=logits.dtype)
-    q[np.arange(n), labels] += 1.0 - epsilon
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    p = e / e.sum(axis=1, keepdims=True)
-    loss = -(q * np.log(p)).sum(axis=1).mean()
-    return loss, (p - q) / n
+    loss, p, q = _naive_terms(logits, labels, epsilon)
+    return loss, (p - q) / logits.shape[0]
+
+
+def naive_loss(logits: np.ndarray, labels: np.ndarray, epsilon: float) -> Any:
+    """The loss part of :func:`naive_loss_and_grad` alone (the same code, no ``p - q``)."""
+    return _naive_terms(logits, labels, epsilon)[0]
 
 
 def exp_floor(logits: np.ndarray, out: np.ndarray) -> np.ndarray:

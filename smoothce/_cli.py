@@ -19,7 +19,17 @@ import numpy as np
 
 from . import __version__
 from ._baselines import naive_loss_and_grad
-from ._bench import DEFAULT_SHAPES, format_table, measure_shape
+from ._bench import (
+    ALL_KINDS,
+    DEFAULT_SHAPES,
+    MIN_SAMPLE_SECONDS,
+    SWEEP_K,
+    SWEEP_N,
+    format_sweep,
+    format_table,
+    measure_shape,
+    print_legend,
+)
 from ._loss import cross_entropy_with_grad, soft_target_cross_entropy
 from .calibration import MAX_BINS
 
@@ -85,6 +95,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}") from None
+    if not value > 0 or not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text}")
+    return value
+
+
 def _workers(text: str) -> int:
     value = int(text)
     if value == 0:
@@ -141,8 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Time smoothce (forward, and forward+gradient) against the naive "
             "softmax-then-log code, the exp floor (one np.exp over the logits) and, when "
-            "installed, PyTorch's F.cross_entropy, on the same arrays. Prints medians "
-            "over interleaved rounds, the ratios, and extra peak memory."
+            "installed, PyTorch's F.cross_entropy, on the same arrays. Each sample times "
+            "enough calls to last >= 20 ms; candidates are interleaved round by round. "
+            "Prints each candidate's median and spread, verdicts (faster, slower, or "
+            "within noise), and extra peak memory."
         ),
     )
     bench.add_argument(
@@ -151,18 +173,35 @@ def build_parser() -> argparse.ArgumentParser:
             f"{n} {k}" for n, k in DEFAULT_SHAPES) + ")",
     )  # fmt: skip
     bench.add_argument(
-        "--dtype", choices=["float32", "float64"], default="float32",
+        "--sweep", action="store_true",
+        help="time smoothce fwd+grad against naive NumPy and PyTorch over N in "
+        + "{" + ", ".join(map(str, SWEEP_N)) + "} x K in {"
+        + ", ".join(map(str, SWEEP_K)) + "} and print grids of speed-ups (one thread "
+        "unless --workers is given; takes minutes)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--dtype", choices=["float16", "float32", "float64"], default="float32",
         help="logits dtype (default: float32)",
     )  # fmt: skip
     bench.add_argument(
         "--workers", type=_workers, action="append",
         help="smoothce workers and PyTorch threads; repeat for several "
-        "(default: 1 and all cores)",
+        "(default: 1 and all cores; 1 for --sweep)",
     )  # fmt: skip
     bench.add_argument("--epsilon", type=_epsilon, default=0.1, help="smoothing (default: 0.1)")
     bench.add_argument(
         "--rounds", type=_positive, default=7,
-        help="timed rounds per shape, fewer when a round is slow (default: 7)",
+        help="samples per candidate, one per round; the spread needs at least 3 "
+        "(default: 7)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--max-memory", type=_positive_float, default=4.0, metavar="GIB",
+        help="skip a candidate whose estimated peak memory exceeds GIB GiB (default: 4)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--min-sample-ms", type=_positive_float, default=MIN_SAMPLE_SECONDS * 1e3,
+        metavar="MS", help=f"the least time of one sample (default: "
+        f"{MIN_SAMPLE_SECONDS * 1e3:.0f})",
     )  # fmt: skip
     bench.add_argument(
         "--json", action="store_true",
@@ -248,37 +287,89 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_average() -> float | None:
+    """The 1-minute load average, where the OS reports one."""
+    import os
+
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - Windows
+        return None
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from ._parallel import available_cores
 
-    shapes = [tuple(s) for s in args.shape] if args.shape else DEFAULT_SHAPES
     cores = available_cores()
     workers = None
     if args.workers:
         workers = sorted({w if w > 0 else max(1, cores + 1 + w) for w in args.workers})
+    if args.sweep:
+        if args.shape:
+            print("error: --sweep times its own grid of shapes; drop --shape", file=sys.stderr)
+            return 2
+        shapes = [(n, k) for n in SWEEP_N for k in SWEEP_K]
+        workers = workers or [1]
+        kinds = {"smoothce fwd+grad", "naive fwd+grad", "torch fwd+bwd"}
+    else:
+        shapes = [(int(n), int(k)) for n, k in args.shape] if args.shape else DEFAULT_SHAPES
+        kinds = set(ALL_KINDS)
+    info = sys.stderr if args.json else sys.stdout
     print(
         f"smoothce {__version__} bench: {len(shapes)} shape(s), {args.dtype}, "
-        f"epsilon={args.epsilon}, {cores} core(s)",
-        file=sys.stderr if args.json else sys.stdout,
+        f"epsilon={args.epsilon}, {cores} core(s), {args.rounds} round(s)",
+        file=info,
         flush=True,
     )
+    load = _load_average()
+    if load is not None and load >= cores / 2:
+        print(
+            f"note: load average {load:.1f} on {cores} core(s) before starting: other "
+            "processes compete for the CPU, so expect wide spreads and more "
+            '"within noise"',
+            file=info,
+        )
+    if args.rounds < 3:
+        print(
+            f"note: {args.rounds} round(s) give {args.rounds} sample(s) per candidate: "
+            "no spread, so no verdict can tell a difference from noise (use --rounds >= 3)",
+            file=info,
+        )
+    if not args.json:
+        print_legend(sys.stdout, sweep=args.sweep)
     results = []
     for shape in shapes:
         results.append(
             measure_shape(
-                (int(shape[0]), int(shape[1])),
+                shape,
                 dtype=args.dtype,
                 epsilon=args.epsilon,
                 workers=workers,
                 rounds=args.rounds,
+                kinds=kinds,
+                min_sample_seconds=args.min_sample_ms / 1e3,
+                max_memory_bytes=args.max_memory * 2**30,
+                memory=not args.sweep,
                 progress=sys.stderr,
             )
         )
+    if results and not args.json:
+        print(f"Threads: {results[0].blas}; smoothce's and torch's set per candidate, "
+              "outside the timed region.", file=sys.stdout)  # fmt: skip
     if args.json:
         import json
         from dataclasses import asdict
 
-        print(json.dumps({"cores": cores, "results": [asdict(m) for m in results]}, indent=1))
+        doc = {
+            "cores": cores,
+            "sweep": bool(args.sweep),
+            "load_average": load,  # before the run: how busy the machine was
+            "results": [asdict(m) for m in results],
+        }
+        print(json.dumps(doc, indent=1))
+    elif args.sweep:
+        for w in workers or [1]:
+            format_sweep(results, w, sys.stdout)
     else:
         format_table(results, sys.stdout)
     return 0

@@ -39,7 +39,10 @@ def test_version_flag():
         (["--repeats", "0"], "--repeats"),
         (["bench", "--epsilon", "2"], "must be in [0, 1]; got 2.0"),
         (["bench", "--workers", "0"], "must be a non-zero integer"),
-        (["bench", "--dtype", "float16"], "invalid choice: 'float16'"),
+        (["bench", "--dtype", "int8"], "invalid choice: 'int8'"),
+        (["bench", "--max-memory", "0"], "must be a positive number; got 0"),
+        (["bench", "--min-sample-ms", "nan"], "must be a positive number; got nan"),
+        (["bench", "--max-memory", "lots"], "must be a positive number; got 'lots'"),
     ],
 )
 def test_bad_arguments_exit_with_status_2(args, message):
@@ -55,18 +58,18 @@ def test_a_wrong_example_makes_the_exit_status_nonzero(monkeypatch, capsys):
     assert "MISMATCH" in capsys.readouterr().out
 
 
-def test_bench_times_every_candidate_and_prints_the_ratios():
+def test_bench_times_every_candidate_and_prints_the_verdicts():
     result = _run(
-        "bench", "--shape", "64", "50", "--workers", "1", "--workers", "2", "--rounds", "3"
-    )
+        "bench", "--shape", "64", "50", "--workers", "1", "--workers", "2", "--rounds", "3",
+        "--min-sample-ms", "1",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    for name in ("exp floor", "smoothce forward w1", "smoothce fwd+grad w2", "naive fwd+grad"):
+    for name in ("exp floor", "smoothce forward, 1 thread", "smoothce fwd+grad, 2 threads"):
         assert name in out
-    assert "fwd+grad w1 is" in out
-    assert "faster than naive" in out
-    assert "workers=2 is" in out
-    assert "extra peak memory, smoothce forward" in out
+    assert "smoothce fwd+grad, 1 thread vs naive fwd+grad: " in out
+    assert "smoothce fwd+grad, 2 threads vs smoothce fwd+grad, 1 thread: " in out
+    assert "extra peak memory" in out
     assert "round 3/3" in result.stderr  # progress goes to stderr
 
 
@@ -80,7 +83,10 @@ def test_bench_help_reads_well():
 def test_bench_json_output():
     import json
 
-    result = _run("bench", "--shape", "32", "20", "--workers", "1", "--rounds", "3", "--json")
+    result = _run(
+        "bench", "--shape", "32", "20", "--workers", "1", "--rounds", "3", "--json",
+        "--min-sample-ms", "1",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     (m,) = data["results"]
@@ -88,3 +94,6 @@ def test_bench_json_output():
     assert m["dtype"] == "float32"
     assert set(m["times"]) >= {"exp floor", "smoothce forward w1", "naive fwd+grad"}
     assert all(t > 0 for t in m["times"].values())
+    for key, (q1, q3) in m["spread"].items():
+        assert q1 <= m["times"][key] <= q3
+        assert len(m["samples"][key]) == 3

@@ -13,6 +13,19 @@ import smoothce
 from smoothce._baselines import exp_floor, naive_loss_and_grad
 
 try:
+    from smoothce._baselines import naive_loss
+except ImportError:  # commits before naive_loss existed: the same code, loss only
+
+    def naive_loss(logits, labels, epsilon):
+        n, k = logits.shape
+        q = np.full(logits.shape, epsilon / k, dtype=logits.dtype)
+        q[np.arange(n), labels] += 1.0 - epsilon
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+        return -(q * np.log(p)).sum(axis=1).mean()
+
+
+try:
     import torch
 except ImportError:  # PyTorch is optional: its benchmarks are skipped
     torch = None
@@ -109,15 +122,56 @@ class Torch:
         loss.backward()
 
 
+SMALL_SHAPES = [(32, 10), (128, 10), (256, 10), (256, 100), (1024, 100)]
+
+
 class SmallCall:
-    """Per-call overhead: (256, 10) is where argument checking would dominate."""
+    """Per-call overhead at training-loop batch sizes, where argument checking and
+    Python frames would dominate: smoothce with the default ``workers`` and ``out=``
+    preallocated, against the naive NumPy code on the same arrays."""
 
-    def setup(self):
-        self.logits, self.labels = _arrays("float32", (256, 10))
+    params = [SMALL_SHAPES]
+    param_names = ["shape"]
+    sample_time = 0.02  # each sample times enough calls to last 20 ms
+
+    def setup(self, shape):
+        self.logits, self.labels = _arrays("float32", shape)
         self.out = np.empty_like(self.logits)
+        self.out.fill(0.0)
 
-    def time_loss_and_grad(self):
+    def time_loss(self, shape):
+        smoothce.cross_entropy(self.logits, self.labels, 0.1)
+
+    def time_loss_and_grad(self, shape):
         smoothce.cross_entropy_with_grad(self.logits, self.labels, 0.1, out=self.out)
 
-    def time_naive_loss_and_grad(self):
+    def time_naive_loss(self, shape):
+        naive_loss(self.logits, self.labels, 0.1)
+
+    def time_naive_loss_and_grad(self, shape):
         naive_loss_and_grad(self.logits, self.labels, 0.1)
+
+
+class SmallCallTorch:
+    """PyTorch's forward+backward at the small shapes, one thread (set in ``setup``)."""
+
+    params = [SMALL_SHAPES]
+    param_names = ["shape"]
+    sample_time = 0.02
+
+    def setup(self, shape):
+        if torch is None:
+            raise NotImplementedError("PyTorch is not installed")
+        logits, labels = _arrays("float32", shape)
+        torch.set_num_threads(1)
+        self.z = torch.from_numpy(logits).requires_grad_(True)
+        self.y = torch.from_numpy(labels)
+
+    def time_forward(self, shape):
+        with torch.no_grad():
+            torch.nn.functional.cross_entropy(self.z, self.y, label_smoothing=0.1)
+
+    def time_forward_backward(self, shape):
+        self.z.grad = None
+        loss = torch.nn.functional.cross_entropy(self.z, self.y, label_smoothing=0.1)
+        loss.backward()

@@ -63,3 +63,49 @@ ax.grid(True, which="both", alpha=0.3)
 ax.legend()
 fig.tight_layout()
 plt.show()
+
+# %%
+# The sweep: smoothce's speed-up over N x K
+# -----------------------------------------
+# ``python -m smoothce bench --sweep --json > docs/data/sweep.json`` times smoothce's
+# forward+gradient (one thread, ``out=`` preallocated) against the naive NumPy code and
+# PyTorch's forward+backward (one thread) for N in {32, 256, 2048, 16384} and K in
+# {10, 100, 1000, 32000}. Each cell is the ratio of the medians (above 1: smoothce is
+# faster, "slower" below it); "~" marks a difference within noise (the interquartile
+# ranges overlap, drawn white) and an empty cell a shape left out for its memory
+# (``--max-memory``). The file records how busy the machine was when it was measured.
+sweep_data = json.loads(path.with_name("sweep.json").read_text())
+sweep = sweep_data["results"]
+print(
+    f"load average before the sweep: {sweep_data.get('load_average')}, {sweep_data['cores']} cores"
+)
+ns = sorted({r["shape"][0] for r in sweep})
+ks = sorted({r["shape"][1] for r in sweep})
+ours = "smoothce fwd+grad w1"
+fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+for ax, (theirs, title) in zip(
+    axes,
+    [("naive fwd+grad", "naive NumPy"), ("torch fwd+bwd t1", "PyTorch, 1 thread")],
+    strict=True,
+):
+    grid = np.full((len(ns), len(ks)), np.nan)
+    for r in sweep:
+        t, s = r["times"], r["spread"]
+        if ours in t and theirs in t:
+            i, j = ns.index(r["shape"][0]), ks.index(r["shape"][1])
+            ratio = t[theirs] / t[ours]
+            overlap = s[ours][0] <= s[theirs][1] and s[theirs][0] <= s[ours][1]
+            grid[i, j] = 1.0 if overlap else ratio
+            text = (
+                "~" if overlap else f"{ratio:.1f}x" if ratio >= 1 else f"{1 / ratio:.1f}x\nslower"
+            )
+            ax.text(j, i, text, ha="center", va="center", fontsize=10)
+    ax.imshow(np.log2(grid), cmap="RdBu", vmin=-3, vmax=3, origin="lower")
+    ax.set_xticks(range(len(ks)), [str(k) for k in ks])
+    ax.set_yticks(range(len(ns)), [str(n) for n in ns])
+    ax.set_xlabel("classes K")
+    ax.set_title(f"speed-up over {title}")
+axes[0].set_ylabel("rows N")
+fig.suptitle("smoothce forward+gradient, float32, one thread (blue: smoothce faster)")
+fig.tight_layout()
+plt.show()
