@@ -279,20 +279,10 @@ def _candidates(
             return cross_entropy_with_grad(logits, labels, epsilon, workers=w, out=grad)
 
         tw = _thread_word(w)
-        if "smoothce forward" in kinds:
-            out.append(
-                Candidate(
-                    f"smoothce forward w{w}", f"smoothce forward, {tw}", "smoothce", w,
-                    forward, memory=forward,
-                )
-            )  # fmt: skip
-        if "smoothce fwd+grad" in kinds:
-            out.append(
-                Candidate(
-                    f"smoothce fwd+grad w{w}", f"smoothce fwd+grad, {tw}", "smoothce", w,
-                    forward_grad, memory=forward_grad,
-                )
-            )  # fmt: skip
+        for kind, fn in (("smoothce forward", forward), ("smoothce fwd+grad", forward_grad)):
+            if kind in kinds:
+                label = f"{kind}, {tw}"
+                out.append(Candidate(f"{kind} w{w}", label, "smoothce", w, fn, memory=fn))
     if "naive forward" in kinds:
 
         def naive_fwd() -> Any:

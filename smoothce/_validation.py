@@ -114,23 +114,29 @@ def as_array(name: str, values: Any) -> np.ndarray:
         raise
 
 
-def check_logits(logits: npt.ArrayLike, axis: Any) -> tuple[np.ndarray, int]:
-    """Return ``(logits as an ndarray, non-negative axis)`` or raise."""
-    arr = as_array("logits", logits)
+def check_logits(logits: npt.ArrayLike, axis: Any, name: str = "logits") -> tuple[np.ndarray, int]:
+    """Return ``(logits as an ndarray, non-negative axis)`` or raise.
+
+    ``name`` is the argument's name in messages (``"scores"`` for calibration, whose
+    scores may also be probabilities).
+    """
+    arr = as_array(name, logits)
     kind = arr.dtype.kind
     if kind == "c":
         raise TypeError(
-            "logits must be real (floating or integer); complex logits have no softmax "
-            f"cross-entropy; got dtype {arr.dtype}."
+            f"{name} must be a real floating or integer array (complex values have no "
+            f"softmax); got dtype {arr.dtype}."
         )
     if kind not in "fiu":
-        raise TypeError(f"logits must be a real floating or integer array; got dtype {arr.dtype}.")
+        raise TypeError(f"{name} must be a real floating or integer array; got dtype {arr.dtype}.")
     if arr.ndim == 0:
-        raise ValueError("logits must have at least one dimension (the class axis); got a scalar.")
+        raise ValueError(
+            f"{name} must have at least one dimension (the class axis); got a scalar."
+        )
     axis = check_axis(axis, arr.ndim)
     if arr.shape[axis] == 0:
         raise ValueError(
-            f"logits must have at least one class along axis {axis}; got shape {arr.shape}."
+            f"{name} must have at least one class along axis {axis}; got shape {arr.shape}."
         )
     return arr, axis
 

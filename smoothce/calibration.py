@@ -38,8 +38,8 @@ from ._stable import log_softmax
 from ._validation import (
     _check_ignore_index,
     as_array,
-    check_axis,
     check_class_indices,
+    check_logits,
     classes_last,
 )
 
@@ -108,17 +108,7 @@ def _check_bins(n_bins: Any) -> int:
 
 def _check_scores(scores: npt.ArrayLike, axis: Any) -> tuple[np.ndarray, int]:
     """``(scores as an ndarray, non-negative class axis)``, with at least one class."""
-    s = as_array("scores", scores)
-    if s.dtype.kind not in "fiu":
-        raise TypeError(f"scores must be a real floating or integer array; got dtype {s.dtype}.")
-    if s.ndim == 0:
-        raise ValueError("scores must have at least one dimension (the class axis); got a scalar.")
-    ax = check_axis(axis, s.ndim)
-    if s.shape[ax] == 0:
-        raise ValueError(
-            f"scores must have at least one class along axis {ax}; got shape {s.shape}."
-        )
-    return s, ax
+    return check_logits(scores, axis, name="scores")
 
 
 def _check_probabilities(s: np.ndarray) -> None:

@@ -37,18 +37,18 @@ def dense_q(
     return (1.0 - epsilon) * t + epsilon * u
 
 
-def reference(
+def dense_problem(
     logits: Any,
     labels: Any,
     epsilon: float = 0.0,
     *,
     axis: int = -1,
-    reduction: str = "mean",
     prior: Any = None,
     weight: Any = None,
     ignore_index: int | None = None,
-) -> tuple[Any, np.ndarray]:
-    """(loss, gradient) in float64 by the dense formula; gradient in logits' layout."""
+) -> dict[str, Any]:
+    """The problem in float64 with the class axis last: logits ``z``, weighted targets
+    ``wq``, the ``counted`` mask, and the mean's ``den`` (PyTorch's denominator)."""
     z = np.moveaxis(np.asarray(logits, dtype=np.float64), axis, -1)
     K = z.shape[-1]
     y = np.asarray(labels)
@@ -66,7 +66,26 @@ def reference(
             prior = np.moveaxis(np.broadcast_to(prior, np.shape(logits)), axis, -1)
     q = dense_q(safe, K, epsilon, prior, probabilistic)
     w = np.ones(K) if weight is None else np.asarray(weight, dtype=np.float64)
-    wq = w * q
+    den = float(counted.size) if probabilistic else float((w[safe] * counted).sum())
+    return {"z": z, "wq": w * q, "counted": counted, "den": den}
+
+
+def reference(
+    logits: Any,
+    labels: Any,
+    epsilon: float = 0.0,
+    *,
+    axis: int = -1,
+    reduction: str = "mean",
+    prior: Any = None,
+    weight: Any = None,
+    ignore_index: int | None = None,
+) -> tuple[Any, np.ndarray]:
+    """(loss, gradient) in float64 by the dense formula; gradient in logits' layout."""
+    d = dense_problem(
+        logits, labels, epsilon, axis=axis, prior=prior, weight=weight, ignore_index=ignore_index
+    )
+    z, wq, counted, den = d["z"], d["wq"], d["counted"], d["den"]
     logp = _log_softmax(z)
     with np.errstate(invalid="ignore"):
         terms = np.where(wq == 0.0, 0.0, -wq * logp)
@@ -79,7 +98,6 @@ def reference(
         return per, np.moveaxis(grad, -1, axis)
     if reduction == "sum":
         return per.sum(), np.moveaxis(grad, -1, axis)
-    den = float(per.size) if probabilistic else float((w[safe] * counted).sum())
     if den == 0.0:
         return 0.0, np.zeros_like(np.moveaxis(grad, -1, axis))
     return per.sum() / den, np.moveaxis(grad / den, -1, axis)

@@ -127,7 +127,7 @@ def test_label_error_reports_the_first_position_in_the_callers_shape():
         (
             np.zeros((2, 3), dtype=complex),
             TypeError,
-            r"logits must be real .*got dtype complex128",
+            r"logits must be a real floating or integer array .*got dtype complex128",
         ),
         (
             np.array([["a", "b", "c"]] * 2),
