@@ -95,14 +95,18 @@ def _prepare(
         num_classes=None,
     )
     if p.probabilistic:
-        raise TypeError(
-            "labels must be integer class indices for metrics (accuracy and calibration "
-            f"need a class); got dtype {np.asarray(labels).dtype}. For probability "
-            "targets use smoothce.cross_entropy."
-        )
+        _reject_probabilities(np.asarray(labels).dtype)
     if not p.batch_shape:  # one sample: a batch of one row
         p = _with_batch_axis(p)
     return p
+
+
+def _reject_probabilities(dtype: np.dtype[Any]) -> None:
+    raise TypeError(
+        "labels must be integer class indices for metrics (accuracy and calibration "
+        f"need a class); got dtype {dtype}. For probability targets use "
+        "smoothce.cross_entropy."
+    )
 
 
 # -- the engine, per element, in float64 -------------------------------------------
