@@ -309,8 +309,6 @@ def _grad_block(
     ``(sum, denominator)`` pair for ``"sum"``/``"mean"`` and the element losses for
     ``"none"``.
     """
-    if not s["probabilistic"]:
-        y = np.squeeze(y, axis=s["ax"])
     reduction = s["reduction"]
     if reduction == "none":
         loss, grad = _np_cross_entropy_with_grad(
@@ -325,7 +323,7 @@ def _grad_block(
     g_moved = np.moveaxis(grad, p.axis, -1)
     call = _Call(replace(p, reduction="none"), s["want_loss"], g_moved)
     if reduction == "mean":
-        d = float(den)
+        d = float(den)  # the global denominator, computed from the labels first
         call.c = 1.0 / d if d > 0.0 else 0.0  # the engine's scale, global denominator
     rows = None
     if s["want_loss"]:
@@ -339,14 +337,6 @@ def _grad_block(
         (total,) = exact_sums(rows)
         part = (total, _denominator(p))
     return part, grad
-
-
-def _first(pair: tuple[Any, Any]) -> Any:
-    return pair[0]
-
-
-def _second(pair: tuple[Any, Any]) -> Any:
-    return pair[1]
 
 
 def _accumulate_block(
@@ -407,8 +397,12 @@ def _loss_graph(st: _Setup, workers: Any) -> da.Array:
     return da.from_delayed(total, shape=(), dtype=st.p.scalar_dtype)
 
 
-def _pairs(st: _Setup, workers: Any, want_loss: bool) -> da.Array:
-    """Blocks holding ``(loss part, gradient block)``: one engine pass for both."""
+def _pairs(st: _Setup, workers: Any, want_loss: bool) -> dict[tuple[int, ...], Any]:
+    """Delayed ``(loss part, gradient block)`` per block: one engine pass for both.
+
+    Delayed tasks, not a ``map_blocks`` array: Dask's graph optimisation would fuse
+    a blockwise layer into each of its two consumers and run every block twice.
+    """
     s = _settings(st, workers, want_loss=want_loss)
     den: Any = None
     if st.reduction == "mean":
@@ -419,66 +413,50 @@ def _pairs(st: _Setup, workers: Any, want_loss: bool) -> da.Array:
             full = (*offsets[: st.ax], 0, *offsets[st.ax :])
             task = dask.delayed(_Located(full, st.ax, _den_part), pure=True)
             den_parts.append(task(s, yd[idx]))
-        den = da.from_delayed(
-            dask.delayed(_den_value, pure=True)(_tree(den_parts)), shape=(), dtype=np.float64
+        den = dask.delayed(_den_value, pure=True)(_tree(den_parts))
+    return {
+        idx: dask.delayed(_Located(st.offsets(idx), st.ax, _grad_block), pure=True)(
+            s, zb, yb, ub, den
         )
-    prior_arg = st.prior_blocks
-    fn = functools.partial(_pair_block, s)
-    args: list[Any] = [st.z, st.labels_keepdims()]
-    args.append(prior_arg if prior_arg is not None else None)
-    args.append(den)
-    return da.map_blocks(
-        fn,
-        *args,
-        dtype=st.p.grad_dtype,
-        meta=np.empty((0,) * st.z.ndim, dtype=st.p.grad_dtype),
-    )
+        for idx, zb, yb, ub in st.delayed_blocks()
+    }
 
 
-def _pair_block(
-    s: dict[str, Any],
-    z: np.ndarray,
-    y: np.ndarray,
-    u: Any,
-    den: Any,
-    block_info: dict[Any, Any] | None = None,
-) -> tuple[Any, np.ndarray]:
-    offsets: tuple[int, ...] = ()
-    if block_info is not None and 0 in block_info:
-        offsets = tuple(lo for lo, _ in block_info[0]["array-location"])
-    run = _Located(offsets, s["ax"], _grad_block) if offsets else _grad_block
-    result: tuple[Any, np.ndarray] = run(s, z, y, u, den)
-    return result
+def _assemble(
+    pieces: dict[tuple[int, ...], Any], chunks: tuple[tuple[int, ...], ...], dtype: Any
+) -> da.Array:
+    """One Dask array from Delayed blocks laid out on the grid of ``chunks``."""
+    grid = np.empty(tuple(len(c) for c in chunks), dtype=object)
+    for idx, piece in pieces.items():
+        shape = tuple(c[i] for c, i in zip(chunks, idx, strict=True))
+        grid[idx] = da.from_delayed(piece, shape=shape, dtype=dtype)
+    return da.block(grid.tolist()) if grid.ndim else grid[()]
 
 
-def _loss_from_pairs(st: _Setup, pairs: da.Array) -> da.Array:
+def _loss_from_pairs(st: _Setup, pairs: dict[tuple[int, ...], Any]) -> da.Array:
     if st.reduction == "none":
-        # The blocks are tuples, which map_blocks' drop_axis would try to concatenate:
-        # keep a length-1 class axis and squeeze it afterwards.
-        chunks = tuple((1,) if i == st.ax else c for i, c in enumerate(st.z.chunks))
-        kept = pairs.map_blocks(
-            functools.partial(_first_keepdims, st.ax),
-            chunks=chunks,
-            dtype=st.p.grad_dtype,
-            meta=np.empty((0,) * st.z.ndim, dtype=st.p.grad_dtype),
-        )
-        loss = da.squeeze(kept, axis=st.ax)
-        batch = tuple(c for i, c in enumerate(st.original_chunks) if i != st.ax)
-        return loss if loss.chunks == batch else loss.rechunk(batch)
-    parts = [dask.delayed(_first, pure=True)(b) for b in pairs.to_delayed().ravel()]
+        firsts = {_drop(i, st.ax): dask.delayed(_first, pure=True)(p) for i, p in pairs.items()}
+        batch = tuple(c for i, c in enumerate(st.z.chunks) if i != st.ax)
+        loss = _assemble(firsts, batch, st.p.grad_dtype)
+        original = tuple(c for i, c in enumerate(st.original_chunks) if i != st.ax)
+        return loss if loss.chunks == original else loss.rechunk(original)
+    parts = [dask.delayed(_first, pure=True)(p) for p in pairs.values()]
     total = dask.delayed(_finish_loss, pure=True)(_tree(parts), st.reduction, st.p.scalar_dtype)
     return da.from_delayed(total, shape=(), dtype=st.p.scalar_dtype)
 
 
-def _first_keepdims(ax: int, pair: tuple[Any, Any]) -> np.ndarray:
-    return np.expand_dims(pair[0], ax)
+def _first(pair: tuple[Any, Any]) -> Any:
+    return pair[0]
 
 
-def _grad_from_pairs(st: _Setup, pairs: da.Array) -> da.Array:
-    grad = pairs.map_blocks(_second, dtype=st.p.grad_dtype)
-    if grad.chunks != st.original_chunks:
-        grad = grad.rechunk(st.original_chunks)
-    return grad
+def _second(pair: tuple[Any, Any]) -> Any:
+    return pair[1]
+
+
+def _grad_from_pairs(st: _Setup, pairs: dict[tuple[int, ...], Any]) -> da.Array:
+    seconds = {i: dask.delayed(_second, pure=True)(p) for i, p in pairs.items()}
+    grad = _assemble(seconds, st.z.chunks, st.p.grad_dtype)
+    return grad if grad.chunks == st.original_chunks else grad.rechunk(st.original_chunks)
 
 
 @_doc
