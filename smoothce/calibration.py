@@ -208,6 +208,13 @@ def expected_calibration_error(
     float
         In [0, 1]; 0.0 for an empty input.
 
+    Warnings
+    --------
+    ``scores`` are read as **logits** unless ``from_logits=False``. Probabilities
+    passed as logits are accepted silently (any real numbers are valid logits) and
+    give a wrong ECE: softmax flattens them again. :func:`smoothce.metrics.evaluate`
+    takes logits only.
+
     References
     ----------
     .. [1] M. P. Naeini, G. Cooper, M. Hauskrecht, "Obtaining Well Calibrated
@@ -225,6 +232,12 @@ def expected_calibration_error(
     >>> labels = np.array([0] * 9 + [1])
     >>> round(expected_calibration_error(probs, labels, from_logits=False), 12)
     0.0
+
+    The same probabilities read as logits (the default) are a different model, with
+    confidence ``softmax([0.9, 0.1])[0] = 0.69``:
+
+    >>> round(expected_calibration_error(probs, labels), 4)
+    0.21
     """
     return bin_counts(
         scores, labels, n_bins=n_bins, axis=axis, from_logits=from_logits,

@@ -86,10 +86,15 @@ class _Setup:
     ) -> None:
         z = logits if isinstance(logits, da.Array) else da.asarray(logits)
         y = labels if isinstance(labels, da.Array) else da.asarray(labels)
-        dask_prior = isinstance(prior, da.Array)
+        if isinstance(prior, da.Array) and prior.ndim == 1:
+            prior = np.asarray(prior.compute())  # a class prior: K numbers, used by every block
         # Everything that needs no data is checked now, on stand-ins that have the
-        # shapes and dtypes of the real arrays but no memory (zero strides).
-        stand_prior = _stand_in(prior) if dask_prior else prior
+        # shapes and dtypes of the real arrays but no memory (zero strides). A Dask
+        # per-sample prior stands in as the uniform 1/K; its values are checked per block.
+        stand_prior = prior
+        if isinstance(prior, da.Array):
+            K = z.shape[axis] if isinstance(axis, int) and -z.ndim <= axis < z.ndim else 1
+            stand_prior = np.broadcast_to(np.asarray(1.0 / max(K, 1), prior.dtype), prior.shape)
         kwargs: dict[str, Any] = dict(
             axis=axis,
             reduction=reduction,

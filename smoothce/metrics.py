@@ -35,6 +35,7 @@ not on the chunking either.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -528,6 +529,7 @@ def evaluate(
     top_k: int = 5,
     n_bins: int = 15,
     workers: int | None = None,
+    progress: Callable[[int, int], object] | None = None,
 ) -> Metrics:
     r"""Every metric of a model's outputs, from one pass over each chunk.
 
@@ -554,6 +556,9 @@ def evaluate(
         :func:`smoothce.calibration.expected_calibration_error`).
     workers : int, optional
         Threads of the loss engine, as in :func:`smoothce.cross_entropy`.
+    progress : callable, optional
+        Called as ``progress(done, total)`` (elements) after each chunk, e.g. to
+        draw a progress bar.
 
     Returns
     -------
@@ -576,9 +581,12 @@ def evaluate(
     )
     k, bins = _check_top_k(top_k), _check_bins(n_bins)
     total: Accumulator | None = None
+    n = math.prod(p.batch_shape)
     for chunk in _chunks(p):
         acc = _accumulate_problem(chunk, k, bins, workers)
         total = acc if total is None else total.merge(acc)
+        if progress is not None:
+            progress(total.elements, n)
     assert total is not None
     return total.result()
 

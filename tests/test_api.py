@@ -64,3 +64,11 @@ def test_docstrings_state_every_parameter():
 
 def test_package_is_typed():
     assert (Path(smoothce.__file__).parent / "py.typed").exists()
+
+
+def test_the_core_imports_without_dask():
+    import subprocess
+    import sys
+
+    code = "import smoothce, smoothce.metrics, sys; assert 'dask' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

@@ -294,3 +294,22 @@ def test_zarr_array_larger_than_the_cluster_memory(tmp_path):
     assert got == metrics.evaluate(z_mem, y_mem, 0.1)
     assert not math.isnan(got.nll)
     assert got.counted == n
+
+
+def test_a_per_sample_prior_as_a_dask_array_is_checked_per_block():
+    rng = np.random.default_rng(4)
+    z, y = _data(90, 5)
+    u = rng.dirichlet(np.ones(5), size=90)
+    zd = da.from_array(z, chunks=(30, 5))
+    ud = da.from_array(u, chunks=(45, 5))
+    got = sdask.cross_entropy(zd, y, 0.3, prior=ud).compute(scheduler="sync")
+    assert got == pytest.approx(float(smoothce.cross_entropy(z, y, 0.3, prior=u)), rel=1e-12)
+    u[50, 2] = -0.5
+    u[50, 3] += 0.5
+    with pytest.raises(ValueError, match="prior must be non-negative") as expected:
+        smoothce.cross_entropy(z, y, 0.3, prior=u)
+    with pytest.raises(ValueError, match="prior must be non-negative") as got_error:
+        sdask.cross_entropy(zd, y, 0.3, prior=da.from_array(u, chunks=(45, 5))).compute(
+            scheduler="sync"
+        )
+    assert str(got_error.value) == str(expected.value)

@@ -232,7 +232,11 @@ def test_memmap_is_evaluated_in_chunks_with_the_in_memory_result(tmp_path, monke
     whole = metrics.accumulate(z, y, 0.1, ignore_index=-100).result()
     monkeypatch.setattr(metrics, "CHUNK_ELEMENTS", 100_000)  # 3 chunks of whole blocks
     assert len(metrics._chunks(metrics._prepare(zm, y, ignore_index=-100))) > 3
-    assert metrics.evaluate(zm, y, 0.1, ignore_index=-100) == whole
+    seen = []
+    got = metrics.evaluate(zm, y, 0.1, ignore_index=-100, progress=lambda *a: seen.append(a))
+    assert got == whole
+    assert seen[-1] == (4000, 4000)
+    assert len(seen) > 3
     assert metrics.nll(zm, y, ignore_index=-100) == whole.nll
     assert metrics.accuracy(zm, y, ignore_index=-100) == whole.accuracy
 
