@@ -183,13 +183,41 @@ def _scan(p: Problem, top_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
         zy[start:stop] = label_logit
         top1[start:stop] = pred == y
         if cols is not None:
-            above = np.count_nonzero(zb > label_logit[:, None], axis=1)
-            tied = np.count_nonzero((zb == label_logit[:, None]) & (cols < y[:, None]), axis=1)
-            topk[start:stop] = above + tied < top_k
+            topk[start:stop] = _in_top_k(zb, label_logit, y, top_k, cols)
         elif top_k >= K:
             topk[start:stop] = True
         start = stop
     return top1, topk, m, zy
+
+
+def _count_rows(mask: np.ndarray) -> np.ndarray:
+    """True entries per row of a 2-D boolean array (an int8 view sums fastest)."""
+    counts: np.ndarray = np.add.reduce(mask.view(np.int8), axis=1, dtype=np.int32)
+    return counts
+
+
+def _in_top_k(
+    zb: np.ndarray, zy: np.ndarray, y: np.ndarray, k: int, cols: np.ndarray
+) -> np.ndarray:
+    """Whether each row's label ranks among its ``k`` largest logits (ties: lower index).
+
+    The rank is ``above + tied_before`` (classes with a larger logit, and lower-indexed
+    classes with the same one). One comparison settles most rows: with ``ge`` classes
+    at least as large as the label's (itself included), ``ge - 1 < k`` is inside for
+    certain. Only the other rows count ``above``, and only rows with ties straddling
+    ``k`` count ``tied_before``.
+    """
+    ge = _count_rows(zb >= zy[:, None])
+    inside = ge - 1 < k
+    rest = np.flatnonzero(~inside)
+    if rest.size:
+        above = _count_rows(zb[rest] > zy[rest, None])
+        straddle = (above < k) & (above < ge[rest] - 1)
+        if straddle.any():
+            rows = rest[straddle]
+            before = (zb[rows] == zy[rows, None]) & (cols < y[rows, None])
+            inside[rows] = above[straddle] + _count_rows(before) < k
+    return inside
 
 
 # -- the accumulator ---------------------------------------------------------------
