@@ -27,9 +27,11 @@ Exact merging
 The sums are kept exactly (integers in units of :math:`2^{-1126}`, see
 :mod:`smoothce._exact`) and rounded once, in :meth:`~Accumulator.result`. Merging is
 therefore exact: the metrics do not depend on the order of the chunks or the
-number of workers, and for chunks aligned with the engine's blocks (the default
-chunking of :func:`evaluate` and of :func:`smoothce.dask.evaluate` with rechunking)
-not on the chunking either.
+number of workers. Nor on the chunking, when chunks hold whole engine blocks
+(multiples of ``131072 // K`` rows; :func:`evaluate` cuts its chunks so): each
+element's loss is then computed exactly as in one call. Other chunkings may change
+the last bits of per-element losses of float32/float16 logits with ``K <= 4096``,
+whose row sums (BLAS) depend on the rows sharing an engine block.
 """
 
 from __future__ import annotations
