@@ -27,7 +27,6 @@ when computed, with the same messages and positions in the whole array.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 import warnings
@@ -54,7 +53,7 @@ from ._exact import ExactSum, exact_sums
 from ._loss import cross_entropy as _np_cross_entropy
 from ._loss import cross_entropy_with_grad as _np_cross_entropy_with_grad
 from ._stable import BLOCK_ELEMENTS
-from ._validation import Problem, _check_ignore_index, prepare
+from ._validation import Problem, _check_ignore_index, check_class_indices, prepare
 from .calibration import _check_bins
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "cross_entropy_with_grad", "evaluate"]
@@ -155,9 +154,35 @@ class _Setup:
             out.append((idx, zd[idx], yd[yi], None if ud is None else ud[idx]))
         return out
 
-    def labels_keepdims(self) -> da.Array:
-        """Labels with a length-1 class axis, so that ``map_blocks`` aligns them."""
-        return self.y if self.p.probabilistic else da.expand_dims(self.y, self.ax)
+    def label_blocks(self) -> list[tuple[tuple[int, ...], Any]]:
+        """``(offsets over the logits axes, Delayed block)`` of the integer labels."""
+        yd = self.y.to_delayed()
+        out = []
+        for idx in np.ndindex(*self.y.numblocks):
+            offsets = tuple(sum(c[:i]) for c, i in zip(self.y.chunks, idx, strict=True))
+            out.append(((*offsets[: self.ax], 0, *offsets[self.ax :]), yd[idx]))
+        return out
+
+    def label_check(self) -> Any:
+        """Delayed first bad label (None if all are good), checked before any block.
+
+        Every block task waits for it, so with several bad labels the error names the
+        first in C order, as in memory, whichever block a worker would reach first.
+        """
+        if self.p.probabilistic:
+            return None
+        ignore = self.ignore_index if self.ignore_index is None else int(self.ignore_index)
+        parts = [
+            dask.delayed(_check_labels, pure=True)(self.p.num_classes, ignore, yb, off, self.ax)
+            for off, yb in self.label_blocks()
+        ]
+        level = parts
+        while len(level) > 1:
+            level = [
+                dask.delayed(_earliest, pure=True)(level[i : i + _SPLIT_EVERY])
+                for i in range(0, len(level), _SPLIT_EVERY)
+            ]
+        return dask.delayed(_earliest, pure=True)(level)
 
 
 def _stand_in(a: Any) -> Any:
@@ -215,11 +240,33 @@ class _Located:
     def __init__(self, offsets: tuple[int, ...], ax: int, func: Callable[..., Any]) -> None:
         self.offsets, self.ax, self.func = offsets, ax, func
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, check: tuple[Any, str] | None, *args: Any) -> Any:
+        if check is not None:  # a bad label somewhere: the first one, as in memory
+            raise ValueError(check[1])
         try:
-            return self.func(*args, **kwargs)
+            return self.func(*args)
         except ValueError as exc:
             raise ValueError(_globalize(str(exc), self.offsets, self.ax)) from None
+
+
+def _check_labels(
+    K: int, ignore_index: int | None, y: np.ndarray, offsets: tuple[int, ...], ax: int
+) -> tuple[tuple[int, ...], str] | None:
+    """``(position, message)`` of the first bad label of a block (global), or None."""
+    try:
+        check_class_indices(np.asarray(y), K, ignore_index)
+    except ValueError as exc:
+        message = _globalize(str(exc), offsets, ax)
+        found = _POSITION.search(message)
+        pos = () if found is None else tuple(int(i) for i in found.group(2).split(","))
+        return pos, message
+    return None
+
+
+def _earliest(parts: Sequence[Any]) -> Any:
+    """The bad label that comes first in C order, or None."""
+    bad = [p for p in parts if p is not None]
+    return min(bad, key=lambda p: p[0]) if bad else None
 
 
 # -- block functions (module level: they are pickled to the workers) ---------------
@@ -394,8 +441,9 @@ def _doc(func: Any) -> Any:
 
 def _loss_graph(st: _Setup, workers: Any) -> da.Array:
     s = _settings(st, workers)
+    check = st.label_check()
     parts = [
-        dask.delayed(_Located(st.offsets(idx), st.ax, _loss_part), pure=True)(s, zb, yb, ub)
+        dask.delayed(_Located(st.offsets(idx), st.ax, _loss_part), pure=True)(check, s, zb, yb, ub)
         for idx, zb, yb, ub in st.delayed_blocks()
     ]
     total = dask.delayed(_finish_loss, pure=True)(_tree(parts), st.reduction, st.p.scalar_dtype)
@@ -409,19 +457,17 @@ def _pairs(st: _Setup, workers: Any, want_loss: bool) -> dict[tuple[int, ...], A
     a blockwise layer into each of its two consumers and run every block twice.
     """
     s = _settings(st, workers, want_loss=want_loss)
+    check = st.label_check()
     den: Any = None
     if st.reduction == "mean":
-        yd = st.y.to_delayed()
-        den_parts = []
-        for idx in np.ndindex(*st.y.numblocks):
-            offsets = tuple(sum(c[:i]) for c, i in zip(st.y.chunks, idx, strict=True))
-            full = (*offsets[: st.ax], 0, *offsets[st.ax :])
-            task = dask.delayed(_Located(full, st.ax, _den_part), pure=True)
-            den_parts.append(task(s, yd[idx]))
+        den_parts = [
+            dask.delayed(_Located(off, st.ax, _den_part), pure=True)(check, s, yb)
+            for off, yb in st.label_blocks()
+        ]
         den = dask.delayed(_den_value, pure=True)(_tree(den_parts))
     return {
         idx: dask.delayed(_Located(st.offsets(idx), st.ax, _grad_block), pure=True)(
-            s, zb, yb, ub, den
+            check, s, zb, yb, ub, den
         )
         for idx, zb, yb, ub in st.delayed_blocks()
     }
@@ -509,34 +555,21 @@ def cross_entropy(
     if st.reduction != "none":
         return _loss_graph(st, workers)
     s = _settings(st, workers)
-    fn = functools.partial(_none_block, s)
-    result = da.map_blocks(
-        fn,
-        st.z,
-        st.labels_keepdims(),
-        st.prior_blocks,
-        drop_axis=st.ax,
-        dtype=st.p.grad_dtype,
-        meta=np.empty((0,) * (st.z.ndim - 1), dtype=st.p.grad_dtype),
-    )
-    batch = tuple(c for i, c in enumerate(st.original_chunks) if i != st.ax)
-    return result if result.chunks == batch else result.rechunk(batch)
+    check = st.label_check()
+    pieces = {
+        _drop(idx, st.ax): dask.delayed(_Located(st.offsets(idx), st.ax, _none_block), pure=True)(
+            check, s, zb, yb, ub
+        )
+        for idx, zb, yb, ub in st.delayed_blocks()
+    }
+    batch = tuple(c for i, c in enumerate(st.z.chunks) if i != st.ax)
+    loss = _assemble(pieces, batch, st.p.grad_dtype)
+    original = tuple(c for i, c in enumerate(st.original_chunks) if i != st.ax)
+    return loss if loss.chunks == original else loss.rechunk(original)
 
 
-def _none_block(
-    s: dict[str, Any],
-    z: np.ndarray,
-    y: np.ndarray,
-    u: Any,
-    block_info: dict[Any, Any] | None = None,
-) -> np.ndarray:
-    if not s["probabilistic"]:
-        y = np.squeeze(y, axis=s["ax"])
-    offsets: tuple[int, ...] = ()
-    if block_info is not None and 0 in block_info:
-        offsets = tuple(lo for lo, _ in block_info[0]["array-location"])
-    run = _Located(offsets, s["ax"], _np_cross_entropy) if offsets else _np_cross_entropy
-    loss: np.ndarray = run(
+def _none_block(s: dict[str, Any], z: np.ndarray, y: np.ndarray, u: Any) -> np.ndarray:
+    loss: np.ndarray = _np_cross_entropy(
         z, y, s["epsilon"], axis=s["axis"], reduction="none",
         prior=s["prior"] if u is None else u, weight=s["weight"],
         ignore_index=s["ignore_index"], num_classes=s["num_classes"], workers=s["workers"],
@@ -672,8 +705,11 @@ def evaluate(
         top_k=_metrics._check_top_k(top_k),
         n_bins=_check_bins(n_bins),
     )
+    check = st.label_check()
     parts = [
-        dask.delayed(_Located(st.offsets(idx), st.ax, _accumulate_block), pure=True)(s, zb, yb, ub)
+        dask.delayed(_Located(st.offsets(idx), st.ax, _accumulate_block), pure=True)(
+            check, s, zb, yb, ub
+        )
         for idx, zb, yb, ub in st.delayed_blocks()
     ]
     return dask.delayed(_result, pure=True)(_tree(parts))

@@ -313,3 +313,25 @@ def test_a_per_sample_prior_as_a_dask_array_is_checked_per_block():
             scheduler="sync"
         )
     assert str(got_error.value) == str(expected.value)
+
+
+def test_several_bad_labels_report_the_first_in_c_order_as_in_memory():
+    z = np.zeros((4, 60, 6))
+    y = np.zeros((60, 6), dtype=np.int64)
+    y[41, 5] = 9  # in a block that a worker may well reach first
+    y[3, 2] = -1
+    with pytest.raises(ValueError, match="class indices") as expected:
+        smoothce.cross_entropy(z, y, axis=0)
+    assert "labels[3, 2] = -1" in str(expected.value)
+    zd = da.from_array(z, chunks=(4, 13, 4))
+    yd = da.from_array(y, chunks=(13, 4))
+    for graph in (
+        sdask.cross_entropy(zd, yd, axis=0),
+        sdask.cross_entropy(zd, yd, axis=0, reduction="none"),
+        sdask.cross_entropy_with_grad(zd, yd, axis=0)[1],
+        sdask.evaluate(zd, yd, axis=0),
+    ):
+        for scheduler in ("sync", "threads"):
+            with pytest.raises(ValueError, match="class indices") as got:
+                dask.compute(graph, scheduler=scheduler)
+            assert str(got.value) == str(expected.value)
