@@ -21,8 +21,11 @@ along it are rechunked (with a :class:`dask.array.PerformanceWarning` above
 
 Validation: everything that needs no data (dtypes, shapes, ``axis``, ``epsilon``,
 ``reduction``, NumPy ``weight`` and ``prior``) is checked when the graph is built,
-with the messages of the in-memory functions; label values are checked per block
-when computed, with the same messages and positions in the whole array.
+with the messages of the in-memory functions. Values (labels, Dask priors and
+probability targets) are checked per block when computed, with the same messages
+and positions in the whole array; with several bad labels the first in C order is
+reported, as in memory (reductions carry errors through the merge tree; array
+results first check the labels alone).
 """
 
 from __future__ import annotations
@@ -164,10 +167,11 @@ class _Setup:
         return out
 
     def label_check(self) -> Any:
-        """Delayed first bad label (None if all are good), checked before any block.
+        """Delayed first bad label (:class:`_Bad`, or None), checked before any block.
 
-        Every block task waits for it, so with several bad labels the error names the
-        first in C order, as in memory, whichever block a worker would reach first.
+        The blocks of array results (gradients, ``"none"``) wait for it, so with
+        several bad labels the error names the first in C order, as in memory.
+        Reductions need no such wait: their errors travel through the merge tree.
         """
         if self.p.probabilistic:
             return None
@@ -231,42 +235,70 @@ def _globalize(message: str, offsets: tuple[int, ...], ax: int) -> str:
     return _POSITION.sub(shift, message)
 
 
-class _Located:
-    """``func`` raising the validation errors of the whole array, not of the block.
+class _Bad:
+    """A validation error found in a block, carried to the end of a reduction.
 
-    A class rather than a closure: tasks are pickled to the workers by reference.
+    Reductions merge these instead of raising at once, and the earliest position (C
+    order) wins: with several bad labels, the message names the one the in-memory
+    function names, whichever block a worker reached first.
     """
 
-    def __init__(self, offsets: tuple[int, ...], ax: int, func: Callable[..., Any]) -> None:
-        self.offsets, self.ax, self.func = offsets, ax, func
+    def __init__(self, position: tuple[int, ...], message: str) -> None:
+        self.position, self.message = position, message
 
-    def __call__(self, check: tuple[Any, str] | None, *args: Any) -> Any:
-        if check is not None:  # a bad label somewhere: the first one, as in memory
-            raise ValueError(check[1])
+    def raise_(self) -> None:
+        raise ValueError(self.message)
+
+
+class _Located:
+    """``func`` with the validation errors of the whole array, not of the block.
+
+    ``as_value=True`` returns them as :class:`_Bad` (reductions merge them); else they
+    are raised. ``check``, the first bad label of the whole array if any (from
+    :meth:`_Setup.label_check`), is raised before any work. A class rather than a
+    closure: tasks are pickled to the workers by reference.
+    """
+
+    def __init__(
+        self, offsets: tuple[int, ...], ax: int, func: Callable[..., Any], as_value: bool = False
+    ) -> None:
+        self.offsets, self.ax, self.func, self.as_value = offsets, ax, func, as_value
+
+    def __call__(self, check: _Bad | None, *args: Any) -> Any:
+        if check is not None:
+            check.raise_()
         try:
             return self.func(*args)
         except ValueError as exc:
-            raise ValueError(_globalize(str(exc), self.offsets, self.ax)) from None
+            message = _globalize(str(exc), self.offsets, self.ax)
+            if not self.as_value:
+                raise ValueError(message) from None
+            found = _POSITION.search(message)
+            numbers = None if found is None else found.group(2) or found.group(4)
+            return _Bad(() if numbers is None else _ints(numbers), message)
+
+
+def _ints(numbers: str) -> tuple[int, ...]:
+    return tuple(int(i) for i in numbers.split(","))
 
 
 def _check_labels(
     K: int, ignore_index: int | None, y: np.ndarray, offsets: tuple[int, ...], ax: int
-) -> tuple[tuple[int, ...], str] | None:
-    """``(position, message)`` of the first bad label of a block (global), or None."""
+) -> _Bad | None:
+    """The first bad label of a block (global position), or None."""
     try:
         check_class_indices(np.asarray(y), K, ignore_index)
     except ValueError as exc:
         message = _globalize(str(exc), offsets, ax)
         found = _POSITION.search(message)
-        pos = () if found is None else tuple(int(i) for i in found.group(2).split(","))
-        return pos, message
+        return _Bad(() if found is None else _ints(found.group(2)), message)
     return None
 
 
-def _earliest(parts: Sequence[Any]) -> Any:
-    """The bad label that comes first in C order, or None."""
-    bad = [p for p in parts if p is not None]
-    return min(bad, key=lambda p: p[0]) if bad else None
+def _earliest(parts: Sequence[Any]) -> _Bad | None:
+    """The error that comes first in C order, or None."""
+    bad = [p for p in parts if isinstance(p, _Bad)]
+    return min(bad, key=lambda p: p.position) if bad else None
 
 
 # -- block functions (module level: they are pickled to the workers) ---------------
@@ -317,6 +349,10 @@ def _den_part(s: dict[str, Any], y: np.ndarray) -> ExactSum:
 
 
 def _merge(parts: Sequence[Any]) -> Any:
+    """Merge exact partials (or tuples of them); an error wins, the earliest first."""
+    bad = _earliest(parts)
+    if bad is not None:
+        return bad
     total = parts[0]
     for part in parts[1:]:
         total = (
@@ -338,7 +374,9 @@ def _tree(parts: list[Any]) -> Any:
     return level[0]
 
 
-def _finish_loss(part: tuple[ExactSum, ExactSum], reduction: str, dtype: np.dtype[Any]) -> Any:
+def _finish_loss(part: Any, reduction: str, dtype: np.dtype[Any]) -> Any:
+    if isinstance(part, _Bad):
+        part.raise_()
     total, den = part
     if reduction == "sum" or not total.finite:
         value = total.value()
@@ -348,8 +386,11 @@ def _finish_loss(part: tuple[ExactSum, ExactSum], reduction: str, dtype: np.dtyp
     return dtype.type(value)
 
 
-def _den_value(den: ExactSum) -> float:
-    return den.value()
+def _den_value(den: Any) -> float:
+    if isinstance(den, _Bad):
+        den.raise_()
+    value: float = den.value()
+    return value
 
 
 def _grad_block(
@@ -441,9 +482,10 @@ def _doc(func: Any) -> Any:
 
 def _loss_graph(st: _Setup, workers: Any) -> da.Array:
     s = _settings(st, workers)
-    check = st.label_check()
     parts = [
-        dask.delayed(_Located(st.offsets(idx), st.ax, _loss_part), pure=True)(check, s, zb, yb, ub)
+        dask.delayed(_Located(st.offsets(idx), st.ax, _loss_part, True), pure=True)(
+            None, s, zb, yb, ub
+        )
         for idx, zb, yb, ub in st.delayed_blocks()
     ]
     total = dask.delayed(_finish_loss, pure=True)(_tree(parts), st.reduction, st.p.scalar_dtype)
@@ -457,14 +499,18 @@ def _pairs(st: _Setup, workers: Any, want_loss: bool) -> dict[tuple[int, ...], A
     a blockwise layer into each of its two consumers and run every block twice.
     """
     s = _settings(st, workers, want_loss=want_loss)
-    check = st.label_check()
     den: Any = None
+    check: Any = None
     if st.reduction == "mean":
+        # The denominator reads every label first anyway: it is the check, and raises
+        # the first bad label before any block starts.
         den_parts = [
-            dask.delayed(_Located(off, st.ax, _den_part), pure=True)(check, s, yb)
+            dask.delayed(_Located(off, st.ax, _den_part, True), pure=True)(None, s, yb)
             for off, yb in st.label_blocks()
         ]
         den = dask.delayed(_den_value, pure=True)(_tree(den_parts))
+    else:
+        check = st.label_check()
     return {
         idx: dask.delayed(_Located(st.offsets(idx), st.ax, _grad_block), pure=True)(
             check, s, zb, yb, ub, den
@@ -705,15 +751,17 @@ def evaluate(
         top_k=_metrics._check_top_k(top_k),
         n_bins=_check_bins(n_bins),
     )
-    check = st.label_check()
     parts = [
-        dask.delayed(_Located(st.offsets(idx), st.ax, _accumulate_block), pure=True)(
-            check, s, zb, yb, ub
+        dask.delayed(_Located(st.offsets(idx), st.ax, _accumulate_block, True), pure=True)(
+            None, s, zb, yb, ub
         )
         for idx, zb, yb, ub in st.delayed_blocks()
     ]
     return dask.delayed(_result, pure=True)(_tree(parts))
 
 
-def _result(acc: _metrics.Accumulator) -> _metrics.Metrics:
-    return acc.result()
+def _result(acc: Any) -> _metrics.Metrics:
+    if isinstance(acc, _Bad):
+        acc.raise_()
+    result: _metrics.Metrics = acc.result()
+    return result
