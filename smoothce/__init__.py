@@ -7,7 +7,7 @@ weights, ``ignore_index``, reductions, probability targets and extra dimensions.
 
 from importlib import metadata as _metadata
 
-from . import calibration
+from . import calibration, metrics
 from ._loss import (
     cross_entropy,
     cross_entropy_grad,
@@ -29,6 +29,7 @@ __all__ = [
     "cross_entropy_grad",
     "cross_entropy_with_grad",
     "log_softmax",
+    "metrics",
     "smooth_labels",
     "soft_target_cross_entropy",
 ]

@@ -289,6 +289,13 @@ def expected_calibration_error(
         In [0, 1]; 0.0 for an empty input; NaN when a counted row of logits has a NaN
         or ``+inf``, or only ``-inf`` (as the loss of that row is NaN).
 
+    Warnings
+    --------
+    ``scores`` are read as **logits** unless ``from_logits=False``. Probabilities
+    passed as logits are accepted silently (any real numbers are valid logits) and
+    give a wrong ECE: softmax flattens them again. :func:`smoothce.metrics.evaluate`
+    takes logits only.
+
     References
     ----------
     .. [1] M. P. Naeini, G. Cooper, M. Hauskrecht, "Obtaining Well Calibrated
@@ -306,6 +313,12 @@ def expected_calibration_error(
     >>> labels = np.array([0] * 9 + [1])
     >>> round(expected_calibration_error(probs, labels, from_logits=False), 12)
     0.0
+
+    The same probabilities read as logits (the default) are a different model, with
+    confidence ``softmax([0.9, 0.1])[0] = 0.69``:
+
+    >>> round(expected_calibration_error(probs, labels), 4)
+    0.21
     """
     return bin_counts(
         scores, labels, n_bins=n_bins, axis=axis, from_logits=from_logits,

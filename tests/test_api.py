@@ -19,11 +19,15 @@ PUBLIC = {
 
 
 def test_all_lists_exactly_the_public_api():
-    assert set(smoothce.__all__) == PUBLIC | {"__version__", "calibration"}
-    public_attrs = {n for n in dir(smoothce) if not n.startswith("_")}
-    assert public_attrs == PUBLIC | {"calibration"}
+    assert set(smoothce.__all__) == PUBLIC | {"__version__", "calibration", "metrics"}
+    # smoothce.dask (the optional extra) is an attribute once something imported it.
+    public_attrs = {n for n in dir(smoothce) if not n.startswith("_")} - {"dask"}
+    assert public_attrs == PUBLIC | {"calibration", "metrics"}
     assert set(smoothce.calibration.__all__) == {
         "BinCounts", "expected_calibration_error", "reliability_curve",
+    }  # fmt: skip
+    assert set(smoothce.metrics.__all__) == {
+        "Accumulator", "Metrics", "accumulate", "accuracy", "evaluate", "nll", "perplexity",
     }  # fmt: skip
 
 
@@ -60,3 +64,11 @@ def test_docstrings_state_every_parameter():
 
 def test_package_is_typed():
     assert (Path(smoothce.__file__).parent / "py.typed").exists()
+
+
+def test_the_core_imports_without_dask():
+    import subprocess
+    import sys
+
+    code = "import smoothce, smoothce.metrics, sys; assert 'dask' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

@@ -1,0 +1,762 @@
+r"""Evaluation metrics of saved logits: NLL, perplexity, accuracy, calibration.
+
+Every function takes **logits** (never probabilities) and integer class labels, with
+the conventions of the loss functions: the classes on ``axis``, ``ignore_index`` for
+elements left out, ``weight`` for class weights where it means something (the loss
+and the NLL), and the same validation messages.
+
+:func:`evaluate` returns every metric at once. It works through an
+:class:`Accumulator`: :func:`accumulate` turns one chunk of logits into per-chunk
+sums, accumulators :meth:`~Accumulator.merge` exactly, and
+:meth:`~Accumulator.result` forms the metrics. The same three steps serve arrays in
+memory, memory maps (:func:`evaluate` cuts them into chunks) and Dask
+(:func:`smoothce.dask.evaluate` maps :func:`accumulate` over the blocks).
+
+One pass per chunk
+------------------
+For each chunk the loss engine (:func:`smoothce.cross_entropy`'s) gives every
+element's NLL :math:`\ell_i = \operatorname{lse}(z_i) - z_{i,y_i}` in float64, and one
+scan of the logits gives the top class, the row maximum :math:`m_i` and the label
+logit. Everything else follows without another exponential:
+:math:`\operatorname{lse}(z_i) = \ell_i + z_{i,y_i}` and the confidence
+:math:`\max_k p_{ik} = e^{m_i - \operatorname{lse}(z_i)}`. The smoothed loss needs a
+second engine pass only when ``epsilon > 0``.
+
+Exact merging
+-------------
+The sums are kept exactly (integers in units of :math:`2^{-1126}`, see
+:mod:`smoothce._exact`) and rounded once, in :meth:`~Accumulator.result`. Merging is
+therefore exact: the metrics do not depend on the order of the chunks or the
+number of workers. Nor on the chunking, when chunks hold whole engine blocks
+(multiples of ``131072 // K`` rows; :func:`evaluate` cuts its chunks so): each
+element's loss is then computed exactly as in one call. Other chunkings may change
+the last bits of per-element losses of float32/float16 logits with ``K <= 4096``,
+whose row sums (BLAS) depend on the rows sharing an engine block.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._engine import _Call, _with_batch_axis
+from ._exact import ExactSum, exact_sums
+from ._stable import BLOCK_ELEMENTS, log_softmax, row_blocks
+from ._validation import Prior, Problem, prepare
+from .calibration import BinCounts, _check_bins
+
+__all__ = [
+    "Accumulator",
+    "Metrics",
+    "accumulate",
+    "accuracy",
+    "evaluate",
+    "nll",
+    "perplexity",
+]
+
+#: Logits per chunk of :func:`evaluate` (rounded to whole engine blocks): 2**22
+#: float32 values are 16 MiB, and the per-element temporaries are a few float64
+#: values per row on top.
+CHUNK_ELEMENTS = 1 << 22
+
+
+# -- validation --------------------------------------------------------------------
+def _check_top_k(top_k: Any) -> int:
+    if isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer)):
+        raise TypeError(f"top_k must be an integer; got top_k={top_k!r}.")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1; got top_k={int(top_k)}.")
+    return int(top_k)
+
+
+def _prepare(
+    logits: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    epsilon: Any = 0.0,
+    *,
+    axis: Any = -1,
+    prior: Any = None,
+    weight: npt.ArrayLike | None = None,
+    ignore_index: Any = None,
+) -> Problem:
+    """Validate as the loss functions do; metrics take integer class labels only."""
+    p = prepare(
+        logits,
+        labels,
+        epsilon,
+        axis=axis,
+        reduction="none",
+        prior=prior,
+        weight=weight,
+        ignore_index=ignore_index,
+        num_classes=None,
+    )
+    if p.probabilistic:
+        _reject_probabilities(np.asarray(labels).dtype)
+    if not p.batch_shape:  # one sample: a batch of one row
+        p = _with_batch_axis(p)
+    return p
+
+
+def _reject_probabilities(dtype: np.dtype[Any]) -> None:
+    raise TypeError(
+        "labels must be integer class indices for metrics (accuracy and calibration "
+        f"need a class); got dtype {dtype}. For probability targets use "
+        "smoothce.cross_entropy."
+    )
+
+
+# -- the engine, per element, in float64 -------------------------------------------
+def _row_losses(p: Problem, workers: Any = None) -> np.ndarray:
+    """Each element's loss in float64, flat in C order; ignored elements are 0.
+
+    These are the values the engine sums for ``reduction="sum"`` before rounding to
+    the loss dtype. ``reduction="none"`` rounds them to the logits' dtype, so the
+    engine's call is reused with a float64 destination instead. (Hook wanted in
+    :mod:`smoothce._engine`: a float64 ``"none"`` output, e.g. ``evaluate(p,
+    loss_dtype=np.float64)``.)
+    """
+    call = _Call(replace(p, reduction="none"), True, None)
+    call.loss_rows = np.zeros(p.batch_shape, dtype=np.float64)
+    if p.num_classes > BLOCK_ELEMENTS:
+        call.streamed(workers)
+    else:
+        call.rows(workers)
+    rows: np.ndarray = call.loss_rows.reshape(-1)
+    return rows
+
+
+def _nll_problem(p: Problem, weighted: bool) -> Problem:
+    return replace(p, epsilon=0.0, prior=Prior("uniform"), weight=p.weight if weighted else None)
+
+
+def _denominator_terms(p: Problem) -> np.ndarray:
+    """Each counted element's share of the mean's denominator: ``weight[label]``.
+
+    The per-element form of :func:`smoothce._engine.mean_denominator` (integer labels),
+    so that the denominator can be summed exactly across chunks.
+    """
+    assert p.weight is not None
+    w_y: np.ndarray = p.weight[p.labels.reshape(-1)]
+    if p.counted is not None:
+        w_y = w_y[p.counted.reshape(-1)]
+    return w_y
+
+
+def _block_rows(p: Problem) -> int:
+    """Rows per engine block (whole rows; one row for streamed rows)."""
+    return max(1, BLOCK_ELEMENTS // p.num_classes)
+
+
+def _scan(p: Problem, top_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One read of the logits: per element (flat), ``(top1, topk, row max, label logit)``.
+
+    ``top1``/``topk`` say whether the label is the top class / among the ``top_k``
+    top classes. Ties go to the lower class index, as :func:`numpy.argmax`: the label
+    ranks after every class with a larger logit and every lower-indexed class with an
+    equal one. Row max and label logit are float64 (exact for every logit dtype).
+    """
+    K = p.num_classes
+    n = math.prod(p.batch_shape)
+    top1 = np.empty(n, dtype=bool)
+    topk = top1 if top_k == 1 else np.empty(n, dtype=bool)
+    m = np.empty(n)
+    zy = np.empty(n)
+    start = 0
+    cols = np.arange(K) if 1 < top_k < K else None
+    for key in row_blocks(p.batch_shape, _block_rows(p)):
+        zb = p.z[key].reshape(-1, K)
+        # argmax and comparisons are vectorised for float32/64 only; float16 and
+        # integer blocks are converted once (exactly) to the compute dtype.
+        if zb.dtype != p.compute_dtype:
+            zb = zb.astype(p.compute_dtype)
+        y = p.labels[key].reshape(-1)
+        stop = start + len(y)
+        rows = np.arange(len(y))
+        pred = zb.argmax(axis=1)
+        m[start:stop] = zb[rows, pred]
+        label_logit = zb[rows, y]
+        zy[start:stop] = label_logit
+        top1[start:stop] = pred == y
+        if cols is not None:
+            topk[start:stop] = _in_top_k(zb, label_logit, y, top_k, cols)
+        elif top_k >= K:
+            topk[start:stop] = True
+        start = stop
+    return top1, topk, m, zy
+
+
+def _count_rows(mask: np.ndarray) -> np.ndarray:
+    """True entries per row of a 2-D boolean array (an int8 view sums fastest)."""
+    counts: np.ndarray = np.add.reduce(mask.view(np.int8), axis=1, dtype=np.int32)
+    return counts
+
+
+def _in_top_k(
+    zb: np.ndarray, zy: np.ndarray, y: np.ndarray, k: int, cols: np.ndarray
+) -> np.ndarray:
+    """Whether each row's label ranks among its ``k`` largest logits (ties: lower index).
+
+    The rank is ``above + tied_before`` (classes with a larger logit, and lower-indexed
+    classes with the same one). One comparison settles most rows: with ``ge`` classes
+    at least as large as the label's (itself included), ``ge - 1 < k`` is inside for
+    certain. Only the other rows count ``above``, and only rows with ties straddling
+    ``k`` count ``tied_before``.
+    """
+    ge = _count_rows(zb >= zy[:, None])
+    inside = ge - 1 < k
+    rest = np.flatnonzero(~inside)
+    if rest.size:
+        above = _count_rows(zb[rest] > zy[rest, None])
+        straddle = (above < k) & (above < ge[rest] - 1)
+        if straddle.any():
+            rows = rest[straddle]
+            before = (zb[rows] == zy[rows, None]) & (cols < y[rows, None])
+            inside[rows] = above[straddle] + _count_rows(before) < k
+    return inside
+
+
+# -- the accumulator ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Metrics:
+    """Every metric of one evaluation (the value of :func:`evaluate`).
+
+    Attributes
+    ----------
+    loss : float
+        Mean smoothed cross-entropy (``epsilon``, ``prior``, ``weight``), with the mean
+        of :func:`smoothce.cross_entropy`.
+    nll : float
+        Mean negative log-likelihood of the labels (cross-entropy with
+        ``epsilon = 0``; weighted by ``weight[label]`` when ``weight`` is given).
+    perplexity : float
+        ``exp(nll)`` (``inf`` past float64's range).
+    accuracy : float
+        Fraction of counted elements whose top class is the label.
+    top_k_accuracy : float
+        Fraction whose label is among the ``top_k`` top classes.
+    ece : float
+        Expected calibration error over ``n_bins`` equal-width confidence bins.
+    counted, elements : int
+        Elements counted (not ignored) and elements in total.
+    epsilon : float
+    top_k, n_bins : int
+    bins : BinCounts
+        The calibration bins, for a reliability diagram.
+
+    Over no counted element every mean is 0.0 (and the perplexity 1.0), as for the
+    losses. An element whose softmax is undefined (a NaN or ``+inf`` logit, or every
+    logit ``-inf``) makes every metric NaN.
+    """
+
+    loss: float
+    nll: float
+    perplexity: float
+    accuracy: float
+    top_k_accuracy: float
+    ece: float
+    counted: int
+    elements: int
+    epsilon: float
+    top_k: int
+    n_bins: int
+    bins: BinCounts = field(repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The metrics as a dict of plain numbers (without the bins)."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "bins"}
+
+
+@dataclass(frozen=True)
+class Accumulator:
+    """Exact per-chunk sums from which :class:`Metrics` are formed.
+
+    Made by :func:`accumulate` for one chunk; two accumulators of the same settings
+    (``num_classes``, ``epsilon``, ``top_k``, ``n_bins``, weighted or not) combine with
+    :meth:`merge` (or ``+``) exactly, in any order; :meth:`result` gives the metrics.
+    It holds a few hundred bytes whatever the chunk size: on a cluster only
+    accumulators travel.
+    """
+
+    num_classes: int
+    epsilon: float
+    top_k: int
+    n_bins: int
+    weighted: bool
+    elements: int = 0
+    counted: int = 0
+    undefined: int = 0
+    correct: int = 0
+    correct_k: int = 0
+    loss_sum: ExactSum = field(default_factory=ExactSum)
+    nll_sum: ExactSum = field(default_factory=ExactSum)
+    denominator: ExactSum = field(default_factory=ExactSum)
+    bin_count: tuple[int, ...] = ()
+    bin_correct: tuple[int, ...] = ()
+    bin_confidence: tuple[ExactSum, ...] = ()
+
+    def _settings(self) -> tuple[Any, ...]:
+        return (self.num_classes, self.epsilon, self.top_k, self.n_bins, self.weighted)
+
+    def merge(self, other: Accumulator) -> Accumulator:
+        """The accumulator of both chunks (neither is modified)."""
+        if not isinstance(other, Accumulator):
+            raise TypeError(f"can only merge an Accumulator; got {type(other).__name__}.")
+        if self._settings() != other._settings():
+            raise ValueError(
+                "accumulators must come from the same settings (num_classes, epsilon, "
+                f"top_k, n_bins, weighted) to merge; got {self._settings()} and "
+                f"{other._settings()}."
+            )
+
+        def add(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
+            return tuple(x + y for x, y in zip(a, b, strict=True)) if a and b else a or b
+
+        return replace(
+            self,
+            elements=self.elements + other.elements,
+            counted=self.counted + other.counted,
+            undefined=self.undefined + other.undefined,
+            correct=self.correct + other.correct,
+            correct_k=self.correct_k + other.correct_k,
+            loss_sum=self.loss_sum + other.loss_sum,
+            nll_sum=self.nll_sum + other.nll_sum,
+            denominator=self.denominator + other.denominator,
+            bin_count=add(self.bin_count, other.bin_count),
+            bin_correct=add(self.bin_correct, other.bin_correct),
+            bin_confidence=add(self.bin_confidence, other.bin_confidence),
+        )
+
+    __add__ = merge
+
+    def bins(self) -> BinCounts:
+        """The calibration bins as :class:`~smoothce.calibration.BinCounts`."""
+        if not self.bin_count:
+            return BinCounts.empty(self.n_bins)
+        return BinCounts(
+            np.array(self.bin_count, dtype=np.int64),
+            np.array([s.value() for s in self.bin_confidence]),
+            np.array(self.bin_correct, dtype=np.float64),
+        )
+
+    def _mean(self, total: ExactSum) -> float:
+        """``total`` over the mean's denominator; 0.0 over nothing, as the losses."""
+        if not total.finite:
+            return total.value()
+        if self.weighted:
+            return total.ratio(self.denominator) if self.denominator.units else 0.0
+        return _ratio_units(total, self.counted) if self.counted else 0.0
+
+    def result(self) -> Metrics:
+        """Form the metrics from the sums (each rounded once)."""
+        nan = float("nan")
+        loss = self._mean(self.loss_sum)
+        nll_value = self._mean(self.nll_sum)
+        undefined = self.undefined > 0
+        if undefined:
+            loss = nll_value = nan
+        with np.errstate(over="ignore"):
+            ppl = float(np.exp(np.float64(nll_value)))
+        n = self.counted
+        acc = nan if undefined else (self.correct / n if n else 0.0)
+        acc_k = nan if undefined else (self.correct_k / n if n else 0.0)
+        return Metrics(
+            loss=loss,
+            nll=nll_value,
+            perplexity=ppl,
+            accuracy=acc,
+            top_k_accuracy=acc_k,
+            ece=nan if undefined else self._ece(),
+            counted=n,
+            elements=self.elements,
+            epsilon=self.epsilon,
+            top_k=self.top_k,
+            n_bins=self.n_bins,
+            bins=self.bins(),
+        )
+
+    def _ece(self) -> float:
+        r"""``sum_b |correct_b - confidence_b| / n``, from the exact sums, rounded once."""
+        n = sum(self.bin_count)
+        if n == 0:
+            return 0.0
+        one = 1 << 1126  # 1.0 in the units of ExactSum
+        pairs = zip(self.bin_correct, self.bin_confidence, strict=True)
+        gap = sum(abs(c * one - s.units) for c, s in pairs)
+        return gap / (n * one)
+
+
+def _ratio_units(total: ExactSum, count: int) -> float:
+    """``total / count`` correctly rounded (``count`` an integer)."""
+    return total.units / (count << 1126)
+
+
+def _accumulate_problem(p: Problem, top_k: int, n_bins: int, workers: Any = None) -> Accumulator:
+    """The accumulator of one validated chunk (integer labels, a batch axis)."""
+    nll_rows = _row_losses(_nll_problem(p, weighted=False), workers)
+    plain = p.epsilon == 0.0 and p.weight is None  # plain cross-entropy: the same pass
+    loss_rows = nll_rows if plain else _row_losses(p, workers)
+    if p.weight is None:
+        weighted_nll = nll_rows
+    elif p.epsilon == 0.0:
+        weighted_nll = loss_rows
+    else:
+        weighted_nll = _row_losses(_nll_problem(p, weighted=True), workers)
+    top1, topk, m, zy = _scan(p, top_k)
+    n = len(nll_rows)
+    keep = np.ones(n, dtype=bool) if p.counted is None else p.counted.reshape(-1)
+    # softmax undefined: a NaN or +inf logit, or every logit -inf (no finite maximum).
+    undefined = keep & ~np.isfinite(m)
+    ok = keep & ~undefined
+    # Confidence max_k p_k = exp(m - lse) with lse = NLL + label logit: no new pass.
+    with np.errstate(invalid="ignore", over="ignore"):
+        lse = nll_rows[ok] + zy[ok]
+    conf = np.exp(np.minimum(m[ok] - lse, 0.0))
+    lost = ~np.isfinite(lse)
+    if lost.any():
+        # Label logit -inf: lse is not recoverable from the NLL (+inf); those rows
+        # (a label the model rules out) take the stable log-softmax instead.
+        where = np.unravel_index(np.flatnonzero(ok)[lost], p.batch_shape)
+        z_rows = p.z[where]
+        conf[lost] = np.exp(log_softmax(z_rows, axis=-1).max(axis=1).astype(np.float64))
+    # Equal-width bins, right-closed except the first (as smoothce.calibration).
+    b = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    right = top1[ok]
+    bin_conf = exact_sums(conf, b, n_bins)
+    den = ExactSum()
+    if p.weight is not None:
+        (den,) = exact_sums(_denominator_terms(p))
+    (loss_sum,) = exact_sums(loss_rows)
+    (nll_sum,) = exact_sums(weighted_nll)
+    return Accumulator(
+        num_classes=p.num_classes,
+        epsilon=p.epsilon,
+        top_k=top_k,
+        n_bins=n_bins,
+        weighted=p.weight is not None,
+        elements=n,
+        counted=int(np.count_nonzero(keep)),
+        undefined=int(np.count_nonzero(undefined)),
+        correct=int(np.count_nonzero(top1 & ok)),
+        correct_k=int(np.count_nonzero(topk & ok)),
+        loss_sum=loss_sum,
+        nll_sum=nll_sum,
+        denominator=den,
+        bin_count=tuple(int(c) for c in np.bincount(b, minlength=n_bins)),
+        bin_correct=tuple(int(c) for c in np.bincount(b[right], minlength=n_bins)),
+        bin_confidence=tuple(bin_conf),
+    )
+
+
+def _chunks(p: Problem) -> list[Problem]:
+    """``p`` cut along its batch into chunks of whole engine blocks."""
+    K = p.num_classes
+    block = _block_rows(p)
+    inner = math.prod(p.batch_shape[1:])
+    if inner == 0 or math.prod(p.batch_shape) * K <= CHUNK_ELEMENTS:
+        return [p]
+    if inner <= block:
+        # The engine steps the first batch axis by block // inner indices; a chunk is a
+        # whole number of those steps, so its blocks are the engine's blocks.
+        step = max(1, block // inner)
+        per_chunk = step * max(1, CHUNK_ELEMENTS // (step * inner * K))
+        keys: list[Any] = [
+            slice(i, min(i + per_chunk, p.batch_shape[0]))
+            for i in range(0, p.batch_shape[0], per_chunk)
+        ]
+    else:
+        keys = list(range(p.batch_shape[0]))  # the engine blocks each index apart
+    out = []
+    for k in keys:
+        u = p.prior
+        if u.kind == "sample":
+            assert u.values is not None
+            u = Prior("sample", u.values[k] if isinstance(k, slice) else u.values[k : k + 1])
+        k2 = k if isinstance(k, slice) else slice(k, k + 1)
+        out.append(
+            replace(
+                p,
+                z=p.z[k2],
+                labels=p.labels[k2],
+                counted=None if p.counted is None else p.counted[k2],
+                prior=u,
+            )
+        )
+    return out
+
+
+# -- public functions --------------------------------------------------------------
+_COMMON = """
+    logits : array_like, shape (..., K, ...)
+        Logits (unnormalised log-probabilities; not probabilities), float16/32/64 or
+        integer, classes on ``axis``. NumPy arrays and memory maps are read in
+        chunks and never copied whole.
+    labels : array_like of int
+        Class indices in ``[0, K)`` (or ``ignore_index``), the shape of ``logits``
+        without the class axis.
+    axis : int, default -1
+        The class axis.
+    ignore_index : int, optional
+        Label value whose elements are left out of every metric."""
+
+
+def _doc(func: Any) -> Any:
+    func.__doc__ = func.__doc__.replace("{common}", _COMMON.strip("\n"))
+    return func
+
+
+def accumulate(
+    logits: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    epsilon: float = 0.0,
+    *,
+    axis: int = -1,
+    prior: Any = None,
+    weight: npt.ArrayLike | None = None,
+    ignore_index: int | None = None,
+    top_k: int = 5,
+    n_bins: int = 15,
+    workers: int | None = None,
+) -> Accumulator:
+    """The :class:`Accumulator` of one chunk, for :meth:`Accumulator.merge`.
+
+    Parameters are those of :func:`evaluate`. The whole chunk is validated and
+    evaluated at once, so it should fit in memory with a few float64 values per
+    element; :func:`evaluate` cuts larger inputs itself.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from smoothce import metrics
+    >>> rng = np.random.default_rng(0)
+    >>> z, y = rng.normal(size=(100, 10)), rng.integers(0, 10, 100)
+    >>> acc = metrics.accumulate(z[:60], y[:60]) + metrics.accumulate(z[60:], y[60:])
+    >>> acc.result() == metrics.evaluate(z, y)
+    True
+    """
+    p = _prepare(
+        logits, labels, epsilon, axis=axis, prior=prior, weight=weight, ignore_index=ignore_index
+    )
+    return _accumulate_problem(p, _check_top_k(top_k), _check_bins(n_bins), workers)
+
+
+@_doc
+def evaluate(
+    logits: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    epsilon: float = 0.0,
+    *,
+    axis: int = -1,
+    prior: Any = None,
+    weight: npt.ArrayLike | None = None,
+    ignore_index: int | None = None,
+    top_k: int = 5,
+    n_bins: int = 15,
+    workers: int | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Metrics:
+    r"""Every metric of a model's outputs, from one pass over each chunk.
+
+    The smoothed loss, NLL, perplexity, top-1 and top-``k`` accuracy and the
+    expected calibration error (see :mod:`smoothce.metrics` for how one pass gives
+    them all). Inputs of more than :data:`CHUNK_ELEMENTS` logits, such as memory
+    maps, are processed in chunks along the first batch axis, after validating the
+    labels once.
+
+    Parameters
+    ----------
+    {common}
+    epsilon : float, default 0.0
+        Smoothing of the reported ``loss`` (as in :func:`smoothce.cross_entropy`).
+    prior : None, "uniform", "others" or array_like, default None
+        Smoothing distribution of the ``loss``, as in :func:`smoothce.cross_entropy`.
+    weight : array_like, shape (K,), optional
+        Class weights of the ``loss`` and the ``nll`` (means weighted by
+        ``weight[label]``, as PyTorch's). Accuracy and calibration count elements.
+    top_k : int, default 5
+        ``k`` of ``top_k_accuracy`` (ties broken as in :func:`accuracy`).
+    n_bins : int, default 15
+        Equal-width confidence bins of the ECE (as in
+        :func:`smoothce.calibration.expected_calibration_error`).
+    workers : int, optional
+        Threads of the loss engine, as in :func:`smoothce.cross_entropy`.
+    progress : callable, optional
+        Called as ``progress(done, total)`` (elements) after each chunk, e.g. to
+        draw a progress bar.
+
+    Returns
+    -------
+    Metrics
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from smoothce import metrics
+    >>> z = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    >>> m = metrics.evaluate(z, [0, 2], epsilon=0.1, top_k=2)
+    >>> round(m.loss, 6), round(m.nll, 6), m.accuracy, m.top_k_accuracy
+    (0.927312, 0.860645, 0.5, 0.5)
+
+    The second label (class 2) ranks third: after class 1 (larger logit) and class 0
+    (same logit, lower index).
+    """
+    p = _prepare(
+        logits, labels, epsilon, axis=axis, prior=prior, weight=weight, ignore_index=ignore_index
+    )
+    k, bins = _check_top_k(top_k), _check_bins(n_bins)
+    total: Accumulator | None = None
+    n = math.prod(p.batch_shape)
+    for chunk in _chunks(p):
+        acc = _accumulate_problem(chunk, k, bins, workers)
+        total = acc if total is None else total.merge(acc)
+        if progress is not None:
+            progress(total.elements, n)
+    assert total is not None
+    return total.result()
+
+
+@_doc
+def nll(
+    logits: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    *,
+    axis: int = -1,
+    weight: npt.ArrayLike | None = None,
+    ignore_index: int | None = None,
+    workers: int | None = None,
+) -> float:
+    r"""Mean negative log-likelihood of the labels: :math:`-\frac1n\sum_i \log p_{i,y_i}`.
+
+    :func:`smoothce.cross_entropy` with ``epsilon=0`` and ``reduction="mean"``, but
+    summed exactly in float64 and returned as a float64 whatever the logits' dtype.
+
+    Parameters
+    ----------
+    {common}
+    weight : array_like, shape (K,), optional
+        Class weights: the mean weighted by ``weight[label]``, as PyTorch's.
+    workers : int, optional
+        Threads of the loss engine.
+
+    Returns
+    -------
+    float
+        0.0 when no element is counted.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from smoothce import metrics
+    >>> metrics.nll(np.zeros((2, 4)), [1, 3])  # log(4)
+    1.3862943611198906
+    """
+    p = _prepare(logits, labels, axis=axis, weight=weight, ignore_index=ignore_index)
+    total, den = ExactSum(), ExactSum()
+    for chunk in _chunks(p):
+        (part,) = exact_sums(_row_losses(chunk, workers))
+        total += part
+        if chunk.weight is None:
+            n = chunk.labels.size
+            den += ExactSum((n if chunk.counted is None else int(chunk.counted.sum())) << 1126)
+        else:
+            (d,) = exact_sums(_denominator_terms(chunk))
+            den += d
+    if not total.finite:
+        return total.value()
+    return total.ratio(den) if den.units else 0.0
+
+
+@_doc
+def perplexity(
+    logits: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    *,
+    axis: int = -1,
+    weight: npt.ArrayLike | None = None,
+    ignore_index: int | None = None,
+    workers: int | None = None,
+) -> float:
+    """Perplexity ``exp(nll)`` of the labels (``inf`` past float64's range).
+
+    Parameters
+    ----------
+    {common}
+    weight : array_like, shape (K,), optional
+        Class weights of the NLL.
+    workers : int, optional
+        Threads of the loss engine.
+
+    Returns
+    -------
+    float
+        1.0 when no element is counted.
+
+    Examples
+    --------
+    Uniform predictions over 4 classes: as uncertain as a fair 4-sided die.
+
+    >>> import numpy as np
+    >>> from smoothce import metrics
+    >>> round(metrics.perplexity(np.zeros((3, 4)), [0, 1, 2]), 12)
+    4.0
+    """
+    value = nll(
+        logits, labels, axis=axis, weight=weight, ignore_index=ignore_index, workers=workers
+    )
+    with np.errstate(over="ignore"):
+        return float(np.exp(np.float64(value)))
+
+
+@_doc
+def accuracy(
+    logits: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    *,
+    top_k: int = 1,
+    axis: int = -1,
+    ignore_index: int | None = None,
+) -> float:
+    """Fraction of elements whose label is among the ``top_k`` largest logits.
+
+    Ties are broken by class index, as :func:`numpy.argmax` does: the label ranks
+    after every class with a larger logit and after every lower-indexed class with
+    the same logit. ``top_k >= K`` counts every element as correct.
+
+    Parameters
+    ----------
+    {common}
+    top_k : int, default 1
+        How many top classes may hold the label.
+
+    Returns
+    -------
+    float
+        In [0, 1]; 0.0 when no element is counted; NaN when a counted element's
+        softmax is undefined (a NaN or ``+inf`` logit, or all logits ``-inf``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from smoothce import metrics
+    >>> z = np.array([[0.1, 0.5, 0.4], [1.0, 1.0, 0.0]])
+    >>> metrics.accuracy(z, [2, 1]), metrics.accuracy(z, [2, 1], top_k=2)
+    (0.0, 1.0)
+    """
+    p = _prepare(logits, labels, axis=axis, ignore_index=ignore_index)
+    k = _check_top_k(top_k)
+    correct = counted = undefined = 0
+    for chunk in _chunks(p):
+        _, topk, m, _ = _scan(chunk, k)
+        keep = np.ones(len(m), bool) if chunk.counted is None else chunk.counted.reshape(-1)
+        counted += int(np.count_nonzero(keep))
+        undefined += int(np.count_nonzero(keep & ~np.isfinite(m)))
+        correct += int(np.count_nonzero(topk & keep))
+    if undefined:
+        return float("nan")
+    return correct / counted if counted else 0.0

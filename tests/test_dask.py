@@ -1,0 +1,337 @@
+"""smoothce.dask on a real two-process cluster, against the in-memory functions.
+
+Skipped where the `dask` extra is not installed. The cluster is started once for the
+module, every computation waits a bounded time, and it is torn down at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+
+import dask  # noqa: E402
+
+import smoothce  # noqa: E402
+import smoothce.dask as sdask  # noqa: E402
+from smoothce import metrics  # noqa: E402
+from smoothce._stable import BLOCK_ELEMENTS  # noqa: E402
+
+TIMEOUT = 120  # seconds for any one computation on the cluster
+
+
+def _cluster(memory_limit: str) -> tuple[object, object]:
+    with warnings.catch_warnings():
+        # distributed may warn about its own environment (ports, resource limits);
+        # that is not what these tests check.
+        warnings.simplefilter("ignore")
+        cluster = distributed.LocalCluster(
+            n_workers=2,
+            processes=True,
+            threads_per_worker=1,
+            memory_limit=memory_limit,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        client = distributed.Client(cluster, set_as_default=False, timeout=TIMEOUT)
+    return cluster, client
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster, client = _cluster("1GiB")
+    yield client
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        client.close()
+        cluster.close()
+
+
+def on(client, *collections):
+    """Compute on the cluster, waiting at most TIMEOUT seconds."""
+    futures = client.compute(list(collections))
+    results = [f.result(timeout=TIMEOUT) for f in futures]
+    return results[0] if len(results) == 1 else results
+
+
+def _data(n, K, dtype=np.float64, seed=0, ignore=()):
+    rng = np.random.default_rng(seed)
+    z = (rng.normal(size=(n, K)) * 3).astype(dtype)
+    y = rng.integers(0, K, n)
+    for lo, hi in ignore:
+        y[lo:hi] = -100
+    return z, y
+
+
+# Row chunkings of 1000 rows: even, uneven with a short last chunk, one chunk whose
+# labels are all ignored (rows 0-136), and single rows next to large chunks.
+CHUNKINGS = [(250,) * 4, (137, 400, 400, 63), (1, 998, 1), (1000,)]
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_losses_match_in_memory_on_the_cluster(client, chunks, reduction):
+    z, y = _data(1000, 40, ignore=[(0, 137)])
+    w = np.linspace(0.5, 1.5, 40)
+    kw = dict(reduction=reduction, ignore_index=-100, weight=w, prior="others")
+    zd = da.from_array(z, chunks=(chunks, 40))
+    yd = da.from_array(y, chunks=(chunks,))
+    loss = sdask.cross_entropy(zd, yd, 0.1, **kw)
+    grad = sdask.cross_entropy_grad(zd, yd, 0.1, **kw)
+    loss2, grad2 = sdask.cross_entropy_with_grad(zd, yd, 0.1, **kw)
+    assert grad.chunks == zd.chunks
+    assert grad2.chunks == zd.chunks
+    got_loss, got_grad, got_loss2, got_grad2 = on(client, loss, grad, loss2, grad2)
+    ref_loss, ref_grad = smoothce.cross_entropy_with_grad(z, y, 0.1, **kw)
+    # float64: exact partial sums agree with the engine's float64 sum to rounding.
+    np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(got_loss2, ref_loss, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(got_grad, ref_grad, rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(got_grad2, ref_grad, rtol=1e-12, atol=1e-300)
+    assert np.asarray(got_loss).dtype == ref_loss.dtype
+    if reduction == "none":
+        assert loss.chunks == (chunks,)
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS)
+def test_evaluate_matches_in_memory_on_the_cluster(client, chunks):
+    z, y = _data(1000, 40, ignore=[(0, 137)])
+    zd = da.from_array(z, chunks=(chunks, 40))
+    yd = da.from_array(y, chunks=(chunks,))
+    got = on(client, sdask.evaluate(zd, yd, 0.1, ignore_index=-100, top_k=3))
+    ref = metrics.evaluate(z, y, 0.1, ignore_index=-100, top_k=3)
+    assert got.loss == pytest.approx(ref.loss, rel=1e-12)
+    assert got.nll == pytest.approx(ref.nll, rel=1e-12)
+    assert got.ece == pytest.approx(ref.ece, abs=1e-12)
+    assert (got.accuracy, got.top_k_accuracy, got.counted) == (
+        ref.accuracy, ref.top_k_accuracy, ref.counted,
+    )  # fmt: skip
+
+
+def test_float32_chunks_of_whole_engine_blocks_give_the_in_memory_values(client):
+    K = 1000
+    rows = BLOCK_ELEMENTS // K  # 131: the engine's block of rows
+    z, y = _data(rows * 9 + 17, K, dtype=np.float32, ignore=[(0, rows)])
+    chunks = (rows, rows * 3, rows * 5, 17)  # whole blocks, the last one short
+    zd = da.from_array(z, chunks=(chunks, K))
+    yd = da.from_array(y, chunks=(chunks,))
+    got, loss = on(
+        client,
+        sdask.evaluate(zd, yd, 0.1, ignore_index=-100),
+        sdask.cross_entropy(zd, yd, 0.1, ignore_index=-100),
+    )
+    assert got == metrics.evaluate(z, y, 0.1, ignore_index=-100)
+    assert loss == smoothce.cross_entropy(z, y, 0.1, ignore_index=-100)
+
+
+def test_results_do_not_depend_on_the_number_of_workers_or_the_scheduler(client):
+    z, y = _data(600, 30, dtype=np.float32, ignore=[(100, 200)])
+    zd = da.from_array(z, chunks=(77, 30))
+    yd = da.from_array(y, chunks=77)
+    graph = sdask.evaluate(zd, yd, 0.1, ignore_index=-100)
+    loss = sdask.cross_entropy(zd, yd, 0.1, ignore_index=-100)
+    on_cluster = on(client, graph, loss)
+    for scheduler in ("sync", "threads"):
+        assert dask.compute(graph, loss, scheduler=scheduler) == tuple(on_cluster)
+    with dask.config.set(num_workers=1):
+        assert dask.compute(graph, loss, scheduler="threads") == tuple(on_cluster)
+
+
+def test_process_scheduler():
+    z, y = _data(300, 20)
+    zd = da.from_array(z, chunks=(100, 20))
+    got = sdask.cross_entropy(zd, da.from_array(y, chunks=100), 0.1).compute(
+        scheduler="processes", num_workers=2
+    )
+    assert got == pytest.approx(float(smoothce.cross_entropy(z, y, 0.1)), rel=1e-12)
+
+
+def test_with_grad_runs_the_engine_once_per_block(monkeypatch):
+    calls = []
+    original = sdask._grad_block
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sdask, "_grad_block", counting)
+    z, y = _data(100, 8)
+    loss, grad = sdask.cross_entropy_with_grad(da.from_array(z, chunks=(25, 8)), y, 0.1)
+    dask.compute(loss, grad, scheduler="sync")
+    assert len(calls) == 4
+
+
+# -- errors: the in-memory messages, positions in the whole array -------------
+def test_bad_label_is_reported_at_its_position_in_the_whole_array(client):
+    z, y = _data(1000, 40)
+    y[613] = 40
+    with pytest.raises(ValueError, match="class indices") as expected:
+        smoothce.cross_entropy(z, y)
+    zd = da.from_array(z, chunks=(250, 40))
+    yd = da.from_array(y, chunks=250)
+    for graph in (
+        sdask.cross_entropy(zd, yd),
+        sdask.cross_entropy(zd, yd, reduction="none"),
+        sdask.cross_entropy_grad(zd, yd),
+        sdask.evaluate(zd, yd),
+    ):
+        with pytest.raises(ValueError, match="class indices") as got:
+            on(client, graph)
+        assert (
+            str(got.value)
+            == str(expected.value)
+            == ("labels must be class indices in [0, 40); got labels[613] = 40.")
+        )
+
+
+def test_bad_position_in_a_three_dimensional_batch():
+    z = np.zeros((4, 6, 5))
+    y = np.zeros((4, 5), dtype=np.int64)
+    y[3, 2] = 9
+    with pytest.raises(ValueError, match="class indices") as expected:
+        smoothce.cross_entropy(z, y, axis=1)
+    with pytest.raises(ValueError, match="class indices") as got:
+        sdask.cross_entropy(da.from_array(z, chunks=(2, 6, 2)), y, axis=1).compute(
+            scheduler="sync"
+        )
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize(
+    ("labels", "kwargs"),
+    [
+        (np.zeros(10, dtype=np.int64), {"epsilon": 1.5}),
+        (np.zeros(10, dtype=np.int64), {"axis": 2}),
+        (np.zeros(10, dtype=np.int64), {"weight": np.ones(3)}),
+        (np.zeros(10, dtype=np.int64), {"reduction": "avg"}),
+        (np.zeros(10, dtype=np.int64), {"prior": "others", "ignore_index": 1.5}),
+        (np.zeros(9, dtype=np.int64), {}),
+        (np.zeros((10, 4)), {"ignore_index": -100}),
+        (np.zeros(10, dtype=np.int64), {"prior": np.array([0.5, 0.5, 0.5, 0.5])}),
+    ],
+)
+def test_argument_errors_are_raised_when_the_graph_is_built(labels, kwargs):
+    z = np.zeros((10, 4), dtype=np.float32)
+    with pytest.raises((TypeError, ValueError)) as expected:
+        smoothce.cross_entropy(z, labels, **kwargs)
+    for func in (sdask.cross_entropy, sdask.cross_entropy_grad, sdask.cross_entropy_with_grad):
+        with pytest.raises(expected.type) as got:
+            func(da.from_array(z, chunks=5), da.from_array(labels), **kwargs)
+        assert str(got.value) == str(expected.value)
+
+
+def test_evaluate_needs_class_labels_and_a_batch_axis():
+    z = da.zeros((10, 4), chunks=5)
+    with pytest.raises(TypeError, match="integer class indices for metrics"):
+        sdask.evaluate(z, da.zeros((10, 4)))
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        sdask.evaluate(z, da.zeros(10, dtype=int), top_k=0)
+    with pytest.raises(ValueError, match="needs a batch axis"):
+        sdask.cross_entropy(da.zeros(4), 1)
+
+
+def test_class_axis_in_several_chunks_is_rechunked_and_warns_when_large(monkeypatch):
+    z, y = _data(200, 30)
+    zd = da.from_array(z, chunks=(50, 7))
+    ref = smoothce.cross_entropy_grad(z, y, 0.2)
+    grad = sdask.cross_entropy_grad(zd, y, 0.2)
+    assert grad.chunks == zd.chunks  # back to the input's chunks
+    np.testing.assert_allclose(grad.compute(scheduler="sync"), ref, rtol=1e-12, atol=1e-300)
+    monkeypatch.setattr(sdask, "RECHUNK_WARN_BYTES", 0)
+    with pytest.warns(da.PerformanceWarning, match="chunked along the class axis 1"):
+        sdask.cross_entropy(zd, y, 0.2)
+
+
+def test_probability_targets_and_a_per_sample_prior():
+    rng = np.random.default_rng(3)
+    z, _ = _data(120, 6)
+    t = rng.dirichlet(np.ones(6), size=120)
+    u = rng.dirichlet(np.ones(6), size=120)
+    zd = da.from_array(z, chunks=(50, 6))
+    got = sdask.cross_entropy(zd, da.from_array(t, chunks=(40, 6)), 0.3, prior=u)
+    ref = smoothce.cross_entropy(z, t, 0.3, prior=u)
+    assert got.compute(scheduler="sync") == pytest.approx(float(ref), rel=1e-12)
+
+
+# -- larger than the cluster's memory ---------------------------------------------
+def test_zarr_array_larger_than_the_cluster_memory(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    # 2 workers x 192 MiB (a worker needs about 90 MiB for itself); 470 MB of float32
+    # logits in 8 MiB chunks (whole engine blocks), generated and written by the
+    # workers themselves, uncompressed (random numbers do not compress; it only costs
+    # time). Sized to run in well under a minute here.
+    n, K, rows = 448 * 1024, 256, 8192
+
+    def logits(xp, i):  # cheap, deterministic, irregular: sin of a scaled index
+        return (xp.sin(i.astype(np.float32) * np.float32(0.618)) * np.float32(4)).reshape(n, K)
+
+    z = logits(da, da.arange(n * K, chunks=rows * K))
+    y = (da.arange(n, chunks=rows) * 7919) % K
+    no_compression = (
+        {"compressors": None} if int(zarr.__version__.split(".")[0]) >= 3 else {"compressor": None}
+    )
+    cluster, client = _cluster("192MiB")
+    try:
+        on(client, da.to_zarr(z, str(tmp_path / "z.zarr"), compute=False, **no_compression))
+        on(client, da.to_zarr(y, str(tmp_path / "y.zarr"), compute=False))
+        zd = da.from_zarr(str(tmp_path / "z.zarr"))
+        yd = da.from_zarr(str(tmp_path / "y.zarr"))
+        limit = sum(w["memory_limit"] for w in client.scheduler_info()["workers"].values())
+        assert zd.nbytes > limit
+        got = on(client, sdask.evaluate(zd, yd, 0.1))
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            client.close()
+            cluster.close()
+    z_mem, y_mem = logits(np, np.arange(n * K)), (np.arange(n) * 7919) % K
+    assert got == metrics.evaluate(z_mem, y_mem, 0.1)
+    assert not math.isnan(got.nll)
+    assert got.counted == n
+
+
+def test_a_per_sample_prior_as_a_dask_array_is_checked_per_block():
+    rng = np.random.default_rng(4)
+    z, y = _data(90, 5)
+    u = rng.dirichlet(np.ones(5), size=90)
+    zd = da.from_array(z, chunks=(30, 5))
+    ud = da.from_array(u, chunks=(45, 5))
+    got = sdask.cross_entropy(zd, y, 0.3, prior=ud).compute(scheduler="sync")
+    assert got == pytest.approx(float(smoothce.cross_entropy(z, y, 0.3, prior=u)), rel=1e-12)
+    u[50, 2] = -0.5
+    u[50, 3] += 0.5
+    with pytest.raises(ValueError, match="prior must be non-negative") as expected:
+        smoothce.cross_entropy(z, y, 0.3, prior=u)
+    with pytest.raises(ValueError, match="prior must be non-negative") as got_error:
+        sdask.cross_entropy(zd, y, 0.3, prior=da.from_array(u, chunks=(45, 5))).compute(
+            scheduler="sync"
+        )
+    assert str(got_error.value) == str(expected.value)
+
+
+def test_several_bad_labels_report_the_first_in_c_order_as_in_memory():
+    z = np.zeros((4, 60, 6))
+    y = np.zeros((60, 6), dtype=np.int64)
+    y[41, 5] = 9  # in a block that a worker may well reach first
+    y[3, 2] = -1
+    with pytest.raises(ValueError, match="class indices") as expected:
+        smoothce.cross_entropy(z, y, axis=0)
+    assert "labels[3, 2] = -1" in str(expected.value)
+    zd = da.from_array(z, chunks=(4, 13, 4))
+    yd = da.from_array(y, chunks=(13, 4))
+    for graph in (
+        sdask.cross_entropy(zd, yd, axis=0),
+        sdask.cross_entropy(zd, yd, axis=0, reduction="none"),
+        sdask.cross_entropy_with_grad(zd, yd, axis=0)[1],
+        sdask.evaluate(zd, yd, axis=0),
+    ):
+        for scheduler in ("sync", "threads"):
+            with pytest.raises(ValueError, match="class indices") as got:
+                dask.compute(graph, scheduler=scheduler)
+            assert str(got.value) == str(expected.value)

@@ -1,0 +1,285 @@
+"""smoothce.metrics: each metric against a direct NumPy reference, exact merging of
+chunks, memory maps, and the validation messages of the loss functions."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import smoothce
+from smoothce import metrics
+from smoothce._exact import exact_sums
+from smoothce._stable import BLOCK_ELEMENTS
+from smoothce.calibration import expected_calibration_error
+
+RNG = np.random.default_rng(20261130)
+
+
+def _data(n=3000, K=37, dtype=np.float64, scale=3.0, ignore_every=0, seed=0):
+    rng = np.random.default_rng(seed)
+    z = (rng.normal(size=(n, K)) * scale).astype(dtype)
+    y = rng.integers(0, K, n)
+    if ignore_every:
+        y[::ignore_every] = -100
+    return z, y
+
+
+def _top_k_reference(z, y, k):
+    """Label among the first k of a stable descending sort (lower index first on ties)."""
+    order = np.argsort(-z.astype(np.float64), axis=1, kind="stable")[:, :k]
+    return (order == y[:, None]).any(axis=1)
+
+
+# -- each metric against a reference ---------------------------------------------
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_evaluate_matches_the_loss_functions_and_numpy_references(epsilon, weighted):
+    z, y = _data(ignore_every=7)
+    K = z.shape[1]
+    w = np.linspace(0.5, 2.0, K) if weighted else None
+    kw = dict(weight=w, ignore_index=-100)
+    m = metrics.evaluate(z, y, epsilon, top_k=3, **kw)
+    keep = y != -100
+    # float64 logits: the engine's own sum and the exact sum agree to rounding.
+    assert m.loss == pytest.approx(float(smoothce.cross_entropy(z, y, epsilon, **kw)), rel=1e-12)
+    assert m.nll == pytest.approx(float(smoothce.cross_entropy(z, y, 0.0, **kw)), rel=1e-12)
+    assert m.perplexity == pytest.approx(math.exp(m.nll), rel=1e-12)
+    assert m.accuracy == np.mean(z[keep].argmax(axis=1) == y[keep])
+    assert m.top_k_accuracy == np.mean(_top_k_reference(z[keep], y[keep], 3))
+    assert m.ece == pytest.approx(expected_calibration_error(z, y, ignore_index=-100), abs=1e-12)
+    assert (m.counted, m.elements) == (int(keep.sum()), len(y))
+    assert m.nll == pytest.approx(metrics.nll(z, y, **kw), rel=1e-15)
+    assert m.accuracy == metrics.accuracy(z, y, ignore_index=-100)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_low_precision_logits_agree_with_float64_to_their_rounding(dtype):
+    z, y = _data(dtype=dtype)
+    m = metrics.evaluate(z, y, 0.1)
+    ref = metrics.evaluate(z.astype(np.float64), y, 0.1)
+    # The engine computes float16/float32 in float32: relative error of a few ulps
+    # of float32 per element (2**-24 each), far below this bound. The smoothed loss
+    # is the engine's own (float16 rounds its label term in float16 today, so it is
+    # compared with the engine, not with float64).
+    assert m.loss == pytest.approx(float(smoothce.cross_entropy(z, y, 0.1)), rel=2**-20)
+    assert m.nll == pytest.approx(ref.nll, rel=2**-20)
+    assert (m.accuracy, m.top_k_accuracy) == (ref.accuracy, ref.top_k_accuracy)
+    assert m.ece == pytest.approx(ref.ece, abs=2 / len(y))  # a bin edge may flip one row
+
+
+def test_accuracy_breaks_ties_by_lower_class_index():
+    z = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0], [3.0, 3.0, 3.0]])
+    assert metrics.accuracy(z, [0, 1, 0]) == 1.0
+    assert metrics.accuracy(z, [1, 2, 1]) == 0.0
+    assert metrics.accuracy(z, [1, 2, 1], top_k=2) == 1.0
+    # Class 2 ranks third in rows 1 and 3, second in row 2 (after class 1, same logit).
+    assert metrics.accuracy(z, [2, 2, 2], top_k=2) == 1 / 3
+
+
+@given(
+    st.integers(1, 40),
+    st.integers(1, 8),
+    st.integers(1, 10),
+    st.integers(0, 2**32 - 1),
+)
+def test_top_k_accuracy_matches_a_stable_sort(n, K, k, seed):
+    rng = np.random.default_rng(seed)
+    z = rng.integers(-2, 3, size=(n, K)).astype(np.float32)  # many ties
+    y = rng.integers(0, K, n)
+    assert metrics.accuracy(z, y, top_k=k) == np.mean(_top_k_reference(z, y, k))
+
+
+def test_classes_on_another_axis_match_moveaxis():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(4, 6, 5))
+    y = rng.integers(0, 6, size=(4, 5))
+    a = metrics.evaluate(z, y, 0.2, axis=1)
+    b = metrics.evaluate(np.moveaxis(z, 1, -1), y, 0.2)
+    assert a.as_dict() == pytest.approx(b.as_dict(), rel=1e-15)
+
+
+def test_one_sample_is_a_batch_of_one():
+    m = metrics.evaluate(np.array([2.0, 0.0, -1.0]), 0, top_k=1)
+    assert m.counted == 1
+    assert m.nll == pytest.approx(float(smoothce.cross_entropy([2.0, 0.0, -1.0], 0)))
+
+
+# -- edge cases -------------------------------------------------------------------
+def test_every_label_ignored_gives_the_means_over_nothing():
+    z, _ = _data(n=10)
+    m = metrics.evaluate(z, np.full(10, -1), ignore_index=-1)
+    assert (m.loss, m.nll, m.perplexity, m.accuracy, m.top_k_accuracy, m.ece) == (
+        0.0, 0.0, 1.0, 0.0, 0.0, 0.0,
+    )  # fmt: skip
+    assert (m.counted, m.elements) == (0, 10)
+
+
+def test_undefined_softmax_makes_every_metric_nan():
+    z, y = _data(n=10)
+    z[3, 2] = np.nan
+    m = metrics.evaluate(z, y)
+    assert all(math.isnan(v) for v in (m.loss, m.nll, m.accuracy, m.ece))
+    assert math.isnan(metrics.accuracy(z, y))
+    # ...unless that element is ignored.
+    y[3] = -1
+    assert not math.isnan(metrics.evaluate(z, y, ignore_index=-1).nll)
+
+
+def test_label_ruled_out_by_minus_inf_has_infinite_nll_and_a_finite_confidence():
+    z = np.array([[0.0, 2.0, -np.inf], [1.0, 0.0, 0.0]])
+    m = metrics.evaluate(z, [2, 0], n_bins=10)
+    assert m.nll == math.inf
+    assert m.ece == pytest.approx(expected_calibration_error(z, [2, 0], n_bins=10), abs=1e-15)
+
+
+def test_top_k_at_least_the_number_of_classes_counts_everything():
+    z, y = _data(n=50, K=4)
+    assert metrics.accuracy(z, y, top_k=4) == 1.0
+    assert metrics.evaluate(z, y, top_k=9).top_k_accuracy == 1.0
+
+
+# -- one pass per chunk -----------------------------------------------------------
+def test_evaluate_makes_one_engine_pass_without_smoothing_and_no_log_softmax(monkeypatch):
+    calls = []
+    row_losses = metrics._row_losses
+    monkeypatch.setattr(metrics, "_row_losses", lambda p, w=None: calls.append(1) or row_losses(p))
+
+    def no_log_softmax(*args, **kwargs):
+        raise AssertionError("the confidence follows from the NLL; no log-softmax pass")
+
+    monkeypatch.setattr(metrics, "log_softmax", no_log_softmax)
+    z, y = _data(n=200)
+    metrics.evaluate(z, y)
+    assert len(calls) == 1
+    metrics.evaluate(z, y, 0.1)
+    assert len(calls) == 3  # the smoothed loss is a second pass
+
+
+# -- exact merging ----------------------------------------------------------------
+def test_merging_is_exact_in_any_order():
+    z, y = _data(n=900, ignore_every=5)
+    parts = [metrics.accumulate(z[a : a + 300], y[a : a + 300], 0.1, ignore_index=-100)
+             for a in (0, 300, 600)]  # fmt: skip
+    a, b, c = parts
+    assert (a + b) + c == a + (b + c) == c.merge(b).merge(a)
+
+
+def test_chunks_aligned_with_the_engine_blocks_give_identical_metrics():
+    K = 1000
+    z, y = _data(n=2000, K=K, dtype=np.float32, ignore_every=9)
+    rows = BLOCK_ELEMENTS // K  # the engine's block: 131 rows
+    whole = metrics.accumulate(z, y, 0.1, ignore_index=-100)
+    for cuts in ([rows], [rows * 3, rows * 4], [rows * 15]):
+        edges = [0, *cuts, len(y)]
+        acc = None
+        for lo, hi in itertools.pairwise(edges):
+            part = metrics.accumulate(z[lo:hi], y[lo:hi], 0.1, ignore_index=-100)
+            acc = part if acc is None else acc + part
+        assert acc == whole
+        assert acc.result() == whole.result()
+
+
+@given(st.lists(st.integers(1, 299), max_size=6, unique=True))
+def test_any_chunking_agrees_to_float64_rounding(cuts):
+    z, y = _data(n=300, K=50, ignore_every=11)
+    whole = metrics.evaluate(z, y, 0.1, ignore_index=-100)
+    edges = [0, *sorted(cuts), 300]
+    acc = None
+    for lo, hi in itertools.pairwise(edges):
+        part = metrics.accumulate(z[lo:hi], y[lo:hi], 0.1, ignore_index=-100)
+        acc = part if acc is None else acc + part
+    got = acc.result()
+    assert got.loss == pytest.approx(whole.loss, rel=1e-12)
+    assert got.nll == pytest.approx(whole.nll, rel=1e-12)
+    assert got.ece == pytest.approx(whole.ece, abs=1e-12)
+    assert (got.accuracy, got.top_k_accuracy, got.counted) == (
+        whole.accuracy, whole.top_k_accuracy, whole.counted,
+    )  # fmt: skip
+
+
+def test_accumulators_of_other_settings_do_not_merge():
+    z, y = _data(n=10)
+    with pytest.raises(ValueError, match=r"same settings .* got \(37, 0.0, 5, 15, False\)"):
+        metrics.accumulate(z, y) + metrics.accumulate(z, y, n_bins=10)
+
+
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=30))
+def test_exact_sums_are_correctly_rounded_and_merge_exactly(values):
+    from fractions import Fraction
+
+    v = np.array(values, dtype=np.float64)
+    exact = sum((Fraction(x) for x in values), Fraction(0))
+    try:
+        expected = float(exact)
+    except OverflowError:
+        expected = math.inf if exact > 0 else -math.inf
+    (s,) = exact_sums(v)
+    assert s.value() == expected
+    (a,), (b,) = exact_sums(v[: len(v) // 2]), exact_sums(v[len(v) // 2 :])
+    assert a + b == s
+
+
+# -- memory maps ------------------------------------------------------------------
+def test_memmap_is_evaluated_in_chunks_with_the_in_memory_result(tmp_path, monkeypatch):
+    z, y = _data(n=4000, K=300, dtype=np.float32, ignore_every=13)
+    np.save(tmp_path / "z.npy", z)
+    zm = np.load(tmp_path / "z.npy", mmap_mode="r")
+    whole = metrics.accumulate(z, y, 0.1, ignore_index=-100).result()
+    monkeypatch.setattr(metrics, "CHUNK_ELEMENTS", 100_000)  # 3 chunks of whole blocks
+    assert len(metrics._chunks(metrics._prepare(zm, y, ignore_index=-100))) > 3
+    seen = []
+    got = metrics.evaluate(zm, y, 0.1, ignore_index=-100, progress=lambda *a: seen.append(a))
+    assert got == whole
+    assert seen[-1] == (4000, 4000)
+    assert len(seen) > 3
+    assert metrics.nll(zm, y, ignore_index=-100) == whole.nll
+    assert metrics.accuracy(zm, y, ignore_index=-100) == whole.accuracy
+
+
+# -- validation: the loss functions' messages -----------------------------------
+@pytest.mark.parametrize(
+    ("logits", "labels", "kwargs"),
+    [
+        (np.zeros((2, 3)), [0, 3], {}),
+        (np.zeros((2, 3)), [0, -5], {"ignore_index": -100}),
+        (np.zeros((2, 3)), [0, 1, 2], {}),
+        (np.zeros((2, 3)), [0, 1], {"axis": 2}),
+        (np.zeros((2, 3)), [0, 1], {"weight": [1.0, -1.0, 1.0]}),
+        (np.zeros((2, 3), dtype=complex), [0, 1], {}),
+        (np.zeros((2, 3)), [0, 1], {"ignore_index": 1.5}),
+    ],
+)
+def test_bad_input_gets_the_loss_functions_message(logits, labels, kwargs):
+    with pytest.raises((TypeError, ValueError)) as expected:
+        smoothce.cross_entropy(logits, labels, **kwargs)
+    for func in (metrics.evaluate, metrics.nll, metrics.accumulate):
+        with pytest.raises(expected.type) as got:
+            func(logits, labels, **kwargs)
+        assert str(got.value) == str(expected.value)
+
+
+def test_bad_epsilon_and_metric_arguments_are_named():
+    z, y = _data(n=4)
+    with pytest.raises(ValueError, match=r"epsilon must be in \[0, 1\]; got epsilon=1.5"):
+        metrics.evaluate(z, y, 1.5)
+    with pytest.raises(ValueError, match="top_k must be at least 1; got top_k=0"):
+        metrics.accuracy(z, y, top_k=0)
+    with pytest.raises(TypeError, match=r"top_k must be an integer; got top_k=2\.0"):
+        metrics.evaluate(z, y, top_k=2.0)
+    with pytest.raises(ValueError, match="n_bins must be at least 1; got n_bins=0"):
+        metrics.evaluate(z, y, n_bins=0)
+    with pytest.raises(TypeError, match="labels must be integer class indices for metrics"):
+        metrics.evaluate(z, np.full(z.shape, 0.25))
+
+
+def test_nothing_handed_over_is_modified():
+    z, y = _data(n=100, dtype=np.float32, ignore_every=3)
+    z0, y0 = z.copy(), y.copy()
+    metrics.evaluate(z, y, 0.1, ignore_index=-100, weight=np.ones(37))
+    np.testing.assert_array_equal(z, z0)
+    np.testing.assert_array_equal(y, y0)
