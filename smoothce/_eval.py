@@ -27,9 +27,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ._loss import cross_entropy
 from ._validation import check_axis, classes_last
-from .calibration import BinCounts, _check_bins, bin_counts
+from .calibration import _check_bins
+from .metrics import Accumulator, accumulate
 
 __all__ = ["EvalError", "Report", "evaluate_files"]
 
@@ -274,9 +274,7 @@ def evaluate_files(
     if progress is None:
         progress = z.nbytes > (256 << 20) and sys.stderr.isatty()
     bar = _Progress(int(np.prod(batch)) if batch else 1, sys.stderr if progress else None)
-    loss_sum = nll_sum = correct = 0.0
-    counted = 0
-    bins_total = BinCounts.empty(bins)
+    total: Accumulator | None = None
     for start in range(0, n_along, step):
         if z.ndim > 1:
             # Slices are views into the memory maps: the chunk is read once, by the
@@ -287,19 +285,17 @@ def evaluate_files(
         else:
             zc, yc = np.asarray(z), np.asarray(y)
         try:
-            loss_sum += float(
-                cross_entropy(zc, yc, epsilon, axis=ax, reduction="sum", prior=u,
-                              ignore_index=ignore_index)
+            # Every metric of the chunk from one accumulator (smoothce.metrics): the
+            # loss, the NLL, the top-1 prediction and the confidence share their work.
+            acc = accumulate(
+                zc, yc, epsilon, axis=ax, prior=u, ignore_index=ignore_index, top_k=1,
+                n_bins=bins,
             )  # fmt: skip
-            nll_sum += float(
-                cross_entropy(zc, yc, 0.0, axis=ax, reduction="sum", ignore_index=ignore_index)
-            )
-            chunk_bins = bin_counts(zc, yc, n_bins=bins, axis=ax, ignore_index=ignore_index)
         except (TypeError, ValueError) as exc:
             raise EvalError(str(exc)) from None
-        if chunk_bins.undefined:
-            # A NaN confidence, so a NaN loss: find the row (only now) and name it in
-            # the file's coordinates: the chunk's position along axis c is offset.
+        if acc.undefined:
+            # A counted row without a softmax (NaN loss): find it (only now) and name it
+            # in the file's coordinates: the chunk's position along axis c is offset.
             pos, k, value = _first_bad_row(zc, yc, ax, ignore_index)
             row = list(pos)
             if z.ndim > 1:
@@ -316,24 +312,23 @@ def evaluate_files(
                 f"logits{index} = {value!r}; NaN and +inf logits have no softmax, so the "
                 "file is corrupt."
             )
-        bins_total += chunk_bins
-        counted += int(chunk_bins.count.sum())
-        correct += float(chunk_bins.correct.sum())
+        total = acc if total is None else total.merge(acc)
         bar.advance(int(yc.size))
-    if counted == 0:
+    assert total is not None
+    if total.counted == 0:
         raise EvalError("no element to evaluate: every label equals ignore_index.")
-    nll = nll_sum / counted
+    m = total.result()
     return Report(
         logits=logits_path,
         labels=labels_path,
         elements=int(np.prod(batch)) if batch else 1,
-        counted=counted,
+        counted=m.counted,
         num_classes=K,
         epsilon=float(epsilon),
-        smoothed_loss=loss_sum / counted,
-        nll=nll,
-        perplexity=math.exp(nll) if nll < 709 else math.inf,
-        accuracy=correct / counted,
-        ece=bins_total.ece(),
+        smoothed_loss=m.loss,
+        nll=m.nll,
+        perplexity=m.perplexity,
+        accuracy=m.accuracy,
+        ece=m.ece,
         bins=bins,
     )
