@@ -12,6 +12,9 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    # Ships MathJax 3 and points mathjax_path at the copy in _static: the built pages
+    # render their formulas without a network (docs/check_offline.py checks this).
+    "sphinx-mathjax-offline",
     "sphinx.ext.doctest",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
@@ -36,4 +39,7 @@ sphinx_gallery_conf = {
     "remove_config_comments": True,
     "abort_on_example_error": True,
     "within_subsection_order": "FileNameSortKey",
+    # The execution-times page loads jQuery and DataTables from CDNs; the times are
+    # printed in the build log anyway.
+    "write_computation_times": False,
 }
