@@ -1,5 +1,6 @@
 """Sphinx configuration for smoothce (built with -W: any warning fails the build)."""
 
+import re
 from importlib.metadata import version as _version
 
 project = "smoothce"
@@ -21,13 +22,33 @@ extensions = [
 ]
 
 autosummary_generate = True
+templates_path = ["_templates"]  # API pages titled by the short name, e.g. "cross_entropy"
+# Signatures: the numpydoc "Parameters" section states every type with its shape, so
+# the signature shows ``ArrayLike`` rather than the ~12-line expansion of
+# numpy.typing.ArrayLike (which would also suggest that str and bytes are accepted),
+# one parameter per line once it is long.
+autodoc_type_aliases = {"npt.ArrayLike": "ArrayLike", "npt.DTypeLike": "DTypeLike"}
+python_maximum_signature_line_length = 88
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 exclude_patterns = ["_build", "examples/README.rst"]
 
 html_theme = "pydata_sphinx_theme"
 html_title = f"smoothce {release}"
-html_theme_options = {"navigation_with_keys": False}
+html_theme_options = {
+    "navigation_with_keys": False,
+    # The API pages (generated/*) document one object each and the semantics table
+    # needs the width: no "On this page" column there (pages not listed get none).
+    "secondary_sidebar_items": {
+        "*": ["page-toc", "sourcelink"],
+        "generated_examples/*": ["page-toc", "sourcelink"],
+        "semantics": [],
+    },
+}
+# Pages without sub-pages get the full width (the semantics table needs it).
+html_sidebars = {p: [] for p in ("getting_started", "mathematics", "semantics")}
+html_static_path = ["_static"]
+html_css_files = ["smoothce.css"]
 
 # The tutorial and the performance plot are scripts the build executes: the numbers
 # and figures in those pages come from running them, never from a copy.
@@ -43,3 +64,20 @@ sphinx_gallery_conf = {
     # printed in the build log anyway.
     "write_computation_times": False,
 }
+
+
+def _tidy_signature(app, what, name, obj, options, signature, return_annotation):
+    """Print an aliased type inside a union (``ArrayLike | None``) by its alias name.
+
+    autodoc renders ``npt.ArrayLike | None`` as ``TypeAliasForwardRef('ArrayLike') | None``.
+    """
+    alias = re.compile(r"TypeAliasForwardRef\('([\w.]+)'\)")
+    if signature:
+        signature = alias.sub(r"\1", signature)
+    if return_annotation:
+        return_annotation = alias.sub(r"\1", return_annotation)
+    return signature, return_annotation
+
+
+def setup(app):
+    app.connect("autodoc-process-signature", _tidy_signature)

@@ -56,6 +56,9 @@ MAX_BINS = 10**6
 class BinCounts:
     """Per-bin sums over equal-width confidence bins on [0, 1].
 
+    Made by :func:`bin_counts` for one batch; ``total += batch`` adds another batch's
+    sums, and :meth:`ece` turns the total into the calibration error.
+
     Attributes
     ----------
     count : ndarray of int64, shape (n_bins,)
