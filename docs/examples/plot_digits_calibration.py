@@ -92,9 +92,9 @@ def train_small(epsilon, seed, epochs=400, lr=0.05, momentum=0.9):
         _, grad_logits = smoothce.cross_entropy_with_grad(
             h @ W2 + b2, y_train, epsilon, out=grad_logits
         )
+        grad_W2, grad_b2 = h.T @ grad_logits, grad_logits.sum(0)
         grad_h = (grad_logits @ W2.T) * (1 - h**2)
-        grads = [X_train.T @ grad_h, grad_h.sum(0), h.T @ grad_logits,
-                 grad_logits.sum(0)]  # fmt: skip
+        grads = [X_train.T @ grad_h, grad_h.sum(0), grad_W2, grad_b2]
         for p, v, g in zip(params, velocity, grads, strict=True):
             v *= momentum
             v -= lr * g
@@ -105,8 +105,9 @@ def train_small(epsilon, seed, epochs=400, lr=0.05, momentum=0.9):
 seeds = [0, 1, 2]
 small_eps = [0.0, 0.05, 0.1, 0.2]
 small_logits = {eps: [train_small(eps, seed) for seed in seeds] for eps in small_eps}
-small = {eps: np.array([metrics(z, y_test) for z in small_logits[eps]])
-         for eps in small_eps}  # fmt: skip
+small = {}
+for eps in small_eps:
+    small[eps] = np.array([metrics(z, y_test) for z in small_logits[eps]])
 print_table(f"Small network, clean labels, {len(seeds)} seeds:", small_eps, small)
 
 # %%
@@ -122,8 +123,7 @@ for ax, eps in zip(axes, small_eps, strict=True):
     filled = count > 0
     ax.bar(centres[filled], acc[filled], width=0.1, edgecolor="black", label="accuracy")
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="calibrated")
-    ax.plot(conf[filled], acc[filled], "o", color="tab:red", markersize=3,
-            label="bin mean")  # fmt: skip
+    ax.plot(conf[filled], acc[filled], "o", color="tab:red", markersize=3, label="bin mean")
     ax.set_title(f"epsilon = {eps}\nECE {ece:.3f}, NLL {nll:.3f}")
     ax.set_xlabel("confidence")
     ax.set_xlim(0, 1)
@@ -169,9 +169,9 @@ def train_wide(labels, epsilon, seed, epochs=300, batch=128, lr=1e-3, every=10):
             h = np.maximum(a, 0)
             logits = h @ W2 + b2
             _, grad_logits = smoothce.cross_entropy_with_grad(logits, labels[idx], epsilon)
+            grad_W2, grad_b2 = h.T @ grad_logits, grad_logits.sum(0)
             grad_h = (grad_logits @ W2.T) * (a > 0)
-            grads = [xb.T @ grad_h, grad_h.sum(0), h.T @ grad_logits,
-                     grad_logits.sum(0)]  # fmt: skip
+            grads = [xb.T @ grad_h, grad_h.sum(0), grad_W2, grad_b2]
             step += 1
             for p, g, v, w in zip(params, grads, m1, m2, strict=True):
                 v += 0.1 * (g - v)
@@ -196,9 +196,8 @@ cases = {"clean labels": 0.0, "30% of training labels flipped": 0.3}
 curves = {}  # (case, eps) -> array (seeds, checkpoints, 4)
 for case, fraction in cases.items():
     for eps in wide_eps:
-        curves[case, eps] = np.array([
-            train_wide(flip_labels(y_train, fraction, seed), eps, seed) for seed in seeds
-        ])  # fmt: skip
+        runs = [train_wide(flip_labels(y_train, fraction, s), eps, s) for s in seeds]
+        curves[case, eps] = np.array(runs)
     final = {eps: curves[case, eps][:, -1] for eps in wide_eps}
     title = f"Wide network, {case}, after 300 epochs, {len(seeds)} seeds:"
     print_table(title, wide_eps, final)
