@@ -2,12 +2,12 @@
 Label smoothing and calibration on handwritten digits
 =====================================================
 
-When does label smoothing help? Müller et al. (2019) and Szegedy et al. (2016) report
-gains for networks that become *over-confident*: large networks trained long, and
-training sets with wrong labels. This tutorial measures three cases on
-scikit-learn's bundled digits (8x8 images, 10 classes; nothing is downloaded), with
-small neural networks in pure NumPy trained by
-:func:`smoothce.cross_entropy_with_grad`:
+When does label smoothing help? Szegedy et al. (2016) introduced it against
+over-confident predictions; Müller et al. (2019) found that it improves the calibration
+of large image and translation networks, and Lukasik et al. (2020) that it helps when
+some training labels are wrong. This tutorial measures three cases on scikit-learn's
+bundled digits (8x8 images, 10 classes; nothing is downloaded), with small neural
+networks in pure NumPy trained by :func:`smoothce.cross_entropy_with_grad`:
 
 1. a small network that is already well calibrated without smoothing;
 2. an over-parameterised network trained long on clean labels;
@@ -258,5 +258,6 @@ plt.show()
 #
 # References: C. Szegedy et al., "Rethinking the Inception Architecture for Computer
 # Vision", CVPR 2016; R. Müller, S. Kornblith, G. Hinton, "When does label smoothing
-# help?", NeurIPS 2019; C. Guo et al., "On Calibration of Modern Neural Networks",
-# ICML 2017.
+# help?", NeurIPS 2019; M. Lukasik, S. Bhojanapalli, A. K. Menon, S. Kumar, "Does
+# label smoothing mitigate label noise?", ICML 2020; C. Guo et al., "On Calibration of
+# Modern Neural Networks", ICML 2017.
