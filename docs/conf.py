@@ -22,7 +22,7 @@ extensions = [
 ]
 
 autosummary_generate = True
-templates_path = ["_templates"]  # API pages titled by the short name, e.g. "cross_entropy"
+templates_path = ["_templates"]  # API page titles without "smoothce.": "dask.evaluate"
 # Signatures: the numpydoc "Parameters" section states every type with its shape, so
 # the signature shows ``ArrayLike`` rather than the ~12-line expansion of
 # numpy.typing.ArrayLike (which would also suggest that str and bytes are accepted),
