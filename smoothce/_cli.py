@@ -1,8 +1,9 @@
 """The command line: ``python -m smoothce [bench | eval]``.
 
-``python -m smoothce`` prints the seed document's worked examples computed by the
-library and one quick timing; ``python -m smoothce bench`` times smoothce against the
-naive NumPy code, the exp floor and PyTorch (when installed) and prints the ratios;
+``python -m smoothce`` prints three worked examples of
+:func:`~smoothce.soft_target_cross_entropy` (the classic signature, 6 decimals) and one
+quick timing; ``python -m smoothce bench`` times smoothce against the naive NumPy code,
+the exp floor and PyTorch (when installed) and prints the ratios;
 ``python -m smoothce eval`` reports the metrics of saved logits and labels.
 """
 
@@ -33,7 +34,7 @@ from ._bench import (
 from ._loss import cross_entropy_with_grad, soft_target_cross_entropy
 from .calibration import MAX_BINS
 
-#: The three worked examples of the seed document: (logits, labels, K, epsilon, mean).
+#: Three worked examples and their expected 6-decimal means: (logits, labels, K, epsilon, mean).
 SEED_EXAMPLES: list[tuple[list[list[float]], list[int], int, float, float]] = [
     ([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]], [0, 2], 3, 0.1, 0.927312),
     ([[1.0, -1.0], [0.5, 0.5]], [0, 1], 2, 0.05, 0.435038),
@@ -53,8 +54,8 @@ def median_time(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def run_examples(out: Any) -> bool:
-    """Print the seed's worked examples; return whether all came out exactly."""
-    print("Worked examples of the seed document (mean loss, 6 decimals):", file=out)
+    """Print the worked examples; return whether all came out exactly."""
+    print("Worked examples (mean loss, 6 decimals):", file=out)
     all_ok = True
     for i, (logits, labels, k, eps, expected) in enumerate(SEED_EXAMPLES, 1):
         got = soft_target_cross_entropy(logits, labels, k, eps)
@@ -137,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m smoothce",
         description=(
-            "Softmax cross-entropy with label smoothing. Without a command: compute the "
-            "seed document's worked examples and time smoothce against naive NumPy."
+            "Softmax cross-entropy with label smoothing. Without a command: compute three "
+            "worked examples and time smoothce against naive NumPy."
         ),
     )
     parser.add_argument("--version", action="version", version=f"smoothce {__version__}")

@@ -166,7 +166,7 @@ def cross_entropy(
 
     Examples
     --------
-    The first worked example of the seed document (K = 3, epsilon = 0.1):
+    Two samples, K = 3, epsilon = 0.1 (the first worked example of the docs):
 
     >>> import numpy as np, smoothce
     >>> logits = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
@@ -359,12 +359,21 @@ def soft_target_cross_entropy(
     epsilon: float,
     round_decimals: int = 6,
 ) -> float:
-    r"""Mean label-smoothed cross-entropy, rounded: the function of the seed document.
+    r"""Mean label-smoothed cross-entropy as a Python float rounded to 6 decimals.
+
+    This is the classic signature ``(logits, y_true, num_classes, epsilon,
+    round_decimals)`` in which worked examples of label smoothing are often stated.
+    It exists so that a value quoted that way can be reproduced and compared exactly
+    (``==``) rather than within a tolerance: the rounding to ``round_decimals``
+    decimals is the point. Everything else should call :func:`cross_entropy`, which
+    does not round, keeps the NumPy dtype, and offers the other priors, class
+    weights, ``ignore_index``, the reductions and ``axis``.
 
     The target puts :math:`1 - \epsilon + \epsilon/K` on the true class and
-    :math:`\epsilon/K` on the others; the result is the batch mean of
-    :math:`-\sum_i q_i \log p_i`, rounded to ``round_decimals`` decimals. It is
-    :func:`cross_entropy` with ``reduction="mean"`` and the uniform prior.
+    :math:`\epsilon/K` on the others (PyTorch's convention); the result is the batch
+    mean of :math:`-\sum_i q_i \log p_i`, rounded to ``round_decimals`` decimals. It
+    is ``round(float(cross_entropy(logits, y_true, epsilon,
+    num_classes=num_classes)), round_decimals)``.
 
     Parameters
     ----------
@@ -384,9 +393,13 @@ def soft_target_cross_entropy(
     float
         The rounded mean loss.
 
+    See Also
+    --------
+    cross_entropy : the unrounded loss, with every option.
+
     Examples
     --------
-    The three worked examples of the seed document:
+    The three worked examples printed by ``python -m smoothce``:
 
     >>> from smoothce import soft_target_cross_entropy
     >>> soft_target_cross_entropy([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]], [0, 2], 3, 0.1)

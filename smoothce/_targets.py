@@ -120,7 +120,8 @@ def smooth_labels(
     array([[0.8, 0.1, 0.1],
            [0.1, 0.1, 0.8]])
 
-    The fairseq / seed-002 variant gives the label exactly ``1 - epsilon``:
+    fairseq's variant, ``epsilon/(K-1)`` on the other classes, gives the label exactly
+    ``1 - epsilon``:
 
     >>> smoothce.smooth_labels([1], num_classes=3, epsilon=0.2, prior="others")
     array([[0.1, 0.8, 0.1]])

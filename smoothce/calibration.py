@@ -56,6 +56,9 @@ MAX_BINS = 10**6
 class BinCounts:
     """Per-bin sums over equal-width confidence bins on [0, 1].
 
+    Made by :func:`bin_counts` for one batch; ``total += batch`` adds another batch's
+    sums, and :meth:`ece` turns the total into the calibration error.
+
     Attributes
     ----------
     count : ndarray of int64, shape (n_bins,)
@@ -76,11 +79,24 @@ class BinCounts:
 
     @classmethod
     def empty(cls, n_bins: int) -> BinCounts:
-        """Zero sums over ``n_bins`` bins (an integer in [1, ``MAX_BINS``])."""
+        """All-zero sums over ``n_bins`` bins: the start of an accumulation.
+
+        Parameters
+        ----------
+        n_bins : int
+            Number of bins, an integer in [1, ``MAX_BINS``].
+
+        Returns
+        -------
+        BinCounts
+            Zero ``count`` (int64), ``confidence`` and ``correct`` (float64) of shape
+            (n_bins,), and ``undefined`` 0.
+        """
         n_bins = _check_bins(n_bins)
         return cls(np.zeros(n_bins, np.int64), np.zeros(n_bins), np.zeros(n_bins))
 
     def __iadd__(self, other: BinCounts) -> BinCounts:
+        """Add the sums of ``other`` (same number of bins) into these, in place."""
         self.count += other.count
         self.confidence += other.confidence
         self.correct += other.correct
@@ -88,8 +104,15 @@ class BinCounts:
         return self
 
     def ece(self) -> float:
-        """Expected calibration error of everything accumulated (0.0 when empty, NaN
-        when a prediction had no confidence)."""
+        """Expected calibration error of everything accumulated.
+
+        Returns
+        -------
+        float
+            ``sum |correct - confidence| / sum count`` over the bins, in [0, 1];
+            0.0 when nothing was accumulated; NaN when a prediction had no
+            confidence (``undefined > 0``).
+        """
         if self.undefined:
             return math.nan
         n = int(self.count.sum())
@@ -136,7 +159,52 @@ def bin_counts(
     from_logits: bool = True,
     ignore_index: int | None = None,
 ) -> BinCounts:
-    """Accumulate :class:`BinCounts` for one batch (see :func:`reliability_curve`)."""
+    """Per-bin sums of one batch, to be added up over chunks with ``+=``.
+
+    :func:`reliability_curve` and :func:`expected_calibration_error` are this
+    followed by a division; call it directly to process an input too large for
+    memory in chunks (``python -m smoothce eval`` does).
+
+    Parameters
+    ----------
+    scores : array_like, shape (..., K, ...)
+        Logits (``from_logits=True``) or probabilities, classes on ``axis``.
+    labels : array_like of int
+        Class indices, the shape of ``scores`` without the class axis.
+    n_bins : int, default 15
+        Number of equal-width bins on [0, 1] (right-closed; 0 falls in the first), in
+        [1, 10**6] (``MAX_BINS``).
+    axis : int, default -1
+        The class axis; it must have at least one class.
+    from_logits : bool, default True
+        Whether ``scores`` are logits (softmax applied) or probabilities in [0, 1]
+        (anything else, NaN included, is a ValueError naming the first offender).
+    ignore_index : int, optional
+        Label value whose elements are left out (counted in no bin); an integer or
+        None, checked as in :func:`smoothce.cross_entropy`.
+
+    Returns
+    -------
+    BinCounts
+        ``count``, ``confidence`` and ``correct`` summed per bin, each of shape
+        (n_bins,), and the number of counted rows of logits without a confidence
+        (``undefined``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`reliability_curve`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from smoothce.calibration import bin_counts
+    >>> probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    >>> total = bin_counts(probs[:2], [0, 1], n_bins=2, from_logits=False)
+    >>> total += bin_counts(probs[2:], [1, 0], n_bins=2, from_logits=False)
+    >>> total.count, total.ece()
+    (array([0, 4]), 0.0)
+    """
     n_bins = _check_bins(n_bins)
     s, ax = _check_scores(scores, axis)
     if not isinstance(from_logits, (bool, np.bool_)):
@@ -281,13 +349,39 @@ def expected_calibration_error(
         \mathrm{ECE} = \sum_b \frac{|B_b|}{n}\,
         \bigl|\operatorname{acc}(B_b) - \operatorname{conf}(B_b)\bigr|
 
-    Parameters are those of :func:`reliability_curve`.
+    where :math:`B_b` holds the predictions whose top-class confidence falls in bin
+    :math:`b`, :math:`n` is the number of predictions, and acc and conf are the
+    fraction correct and the mean confidence in a bin.
+
+    Parameters
+    ----------
+    scores : array_like, shape (..., K, ...)
+        Logits (``from_logits=True``) or probabilities, classes on ``axis``. Only the
+        top class and its probability are used.
+    labels : array_like of int
+        Class indices, the shape of ``scores`` without the class axis.
+    n_bins : int, default 15
+        Number of equal-width bins on [0, 1] (right-closed; 0 falls in the first), in
+        [1, 10**6] (``MAX_BINS``).
+    axis : int, default -1
+        The class axis; it must have at least one class.
+    from_logits : bool, default True
+        Whether ``scores`` are logits (softmax applied) or probabilities in [0, 1]
+        (anything else, NaN included, is a ValueError naming the first offender).
+    ignore_index : int, optional
+        Label value whose elements are left out of the bins and of ``n``; an integer
+        or None, checked as in :func:`smoothce.cross_entropy`.
 
     Returns
     -------
     float
         In [0, 1]; 0.0 for an empty input; NaN when a counted row of logits has a NaN
         or ``+inf``, or only ``-inf`` (as the loss of that row is NaN).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`reliability_curve`.
 
     Warnings
     --------

@@ -2,16 +2,19 @@
 Performance: time against problem size
 ======================================
 
-The measurements below were produced on the project's development machine (2 cores,
-float32, epsilon = 0.1) by::
+**Where these numbers come from.** They were measured once on the project's
+development machine, a virtual machine with 2 cores (AMD EPYC, Linux) that other
+jobs share, so single timings there swing by up to 2x; float32 logits,
+epsilon = 0.1, with::
 
     python -m smoothce bench --shape 256 10 --shape 2048 100 --shape 8192 1000 \\
         --shape 65536 100 --shape 4096 32000 --json > docs/data/bench.json
 
 This script, run by the documentation build, turns that file into the table and the
-plot. Every candidate was timed on the same arrays in interleaved rounds (medians);
-the *exp floor* is one ``np.exp`` over the logits, the least any exact method must do.
-Run the same command on your machine to see its numbers.
+plot; it does not time anything itself. Every candidate was timed on the same arrays
+in interleaved rounds and the table gives medians. The *exp floor* is one ``np.exp``
+over the logits, the least any exact method must do. PyTorch (the CPU build) is
+timed when it is installed. Run the same command to see your machine's numbers.
 """
 
 # %%
@@ -26,39 +29,84 @@ if not path.exists():  # run from the repository root rather than docs/examples
     path = Path("docs/data/bench.json")
 data = json.loads(path.read_text())
 results = data["results"]
-print(f"{data['cores']} cores")
+machine = {key: value for key, value in data.items() if key != "results"}
+print("recorded with the measurements:", ", ".join(f"{k} = {v}" for k, v in machine.items()))
 
 # %%
-# The table: milliseconds, and each time as a multiple of the exp floor.
+# The table
+# ---------
+# Median milliseconds per call, one thread each (smoothce ``workers=1``, PyTorch
+# ``torch.set_num_threads(1)``), and in brackets each time as a multiple of the exp
+# floor (1x would be as fast as one ``np.exp``). "forward" is the loss alone;
+# "forward + gradient" is the loss and its gradient with respect to the logits (for
+# PyTorch: forward and ``backward()``).
 columns = [
     ("exp floor", "exp floor"),
-    ("smoothce forward w1", "smoothce fwd"),
-    ("smoothce fwd+grad w1", "smoothce f+g"),
-    ("naive fwd+grad", "naive f+g"),
-    ("torch fwd+bwd t1", "torch f+b"),
+    ("smoothce forward w1", "smoothce forward"),
+    ("smoothce fwd+grad w1", "smoothce forward + gradient"),
+    ("naive fwd+grad", "naive NumPy forward + gradient"),
+    ("torch forward t1", "PyTorch forward"),
+    ("torch fwd+bwd t1", "PyTorch forward + backward"),
 ]
-print(f"{'N x K':>14}" + "".join(f"{label:>22}" for _, label in columns))
+
+
+# sphinx_gallery_start_ignore
+class Table:
+    """Rows shown as an HTML table by sphinx-gallery (``_repr_html_``), as text elsewhere."""
+
+    def __init__(self, header, rows):
+        self.header, self.rows = header, rows
+
+    def _repr_html_(self):
+        head = "".join(f"<th>{h}</th>" for h in self.header)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in self.rows
+        )
+        return f'<table class="bench"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+    def __repr__(self):
+        lines = [self.header, *self.rows]
+        widths = [max(len(str(line[i])) for line in lines) for i in range(len(self.header))]
+        rjust = [[str(c).rjust(w) for c, w in zip(line, widths, strict=True)] for line in lines]
+        return "\n".join("  ".join(line) for line in rjust)
+
+
+# sphinx_gallery_end_ignore
+rows = []
 for r in results:
     n, k = r["shape"]
     floor = r["times"]["exp floor"]
-    cells = []
-    for key, _ in columns:
+    cells = [f"{n} x {k}", f"{floor * 1e3:.3f}"]
+    for key, _ in columns[1:]:
         t = r["times"].get(key)
-        cells.append("-" if t is None else f"{t * 1e3:.3f} ms ({t / floor:.1f}x)")
-    print(f"{f'{n} x {k}':>14}" + "".join(f"{c:>22}" for c in cells))
+        cells.append("not measured" if t is None else f"{t * 1e3:.3f} ({t / floor:.1f}x)")
+    rows.append(cells)
+Table(["N x K", *[label for _, label in columns]], rows)
 
 # %%
-# Time against N*K on log-log axes, one thread each.
+# The plot
+# --------
+# The same medians against the number of logits per call, on log-log axes: solid
+# lines are forward + gradient, dashed lines forward only, and the dotted grey line
+# is the exp floor, the time of a single ``np.exp`` over the logits.
 sizes = np.array([r["shape"][0] * r["shape"][1] for r in results])
 order = np.argsort(sizes)
-fig, ax = plt.subplots(figsize=(7, 4.5))
+styles = {
+    "exp floor": dict(color="grey", linestyle=":"),
+    "smoothce forward w1": dict(color="tab:blue", linestyle="--"),
+    "smoothce fwd+grad w1": dict(color="tab:blue", linestyle="-"),
+    "naive fwd+grad": dict(color="tab:orange", linestyle="-"),
+    "torch forward t1": dict(color="tab:green", linestyle="--"),
+    "torch fwd+bwd t1": dict(color="tab:green", linestyle="-"),
+}
+fig, ax = plt.subplots(figsize=(8, 5))
 for key, label in columns:
     times = np.array([r["times"].get(key, np.nan) for r in results])
     if np.isfinite(times).any():
-        ax.loglog(sizes[order], 1e3 * times[order], "o-", label=label)
+        ax.loglog(sizes[order], 1e3 * times[order], marker="o", label=label, **styles[key])
 ax.set_xlabel("logits per call, N * K")
 ax.set_ylabel("median time per call [ms]")
-ax.set_title("Forward + gradient, float32, one thread")
+ax.set_title("Forward and forward + gradient against the exp floor, float32, one thread")
 ax.grid(True, which="both", alpha=0.3)
 ax.legend()
 fig.tight_layout()
