@@ -35,7 +35,7 @@ from ._loss import cross_entropy_with_grad, soft_target_cross_entropy
 from .calibration import MAX_BINS
 
 #: Three worked examples and their expected 6-decimal means: (logits, labels, K, epsilon, mean).
-SEED_EXAMPLES: list[tuple[list[list[float]], list[int], int, float, float]] = [
+WORKED_EXAMPLES: list[tuple[list[list[float]], list[int], int, float, float]] = [
     ([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]], [0, 2], 3, 0.1, 0.927312),
     ([[1.0, -1.0], [0.5, 0.5]], [0, 1], 2, 0.05, 0.435038),
     ([[3.0, 1.0, 0.0, -1.0]], [0], 4, 0.0, 0.185182),
@@ -57,7 +57,7 @@ def run_examples(out: Any) -> bool:
     """Print the worked examples; return whether all came out exactly."""
     print("Worked examples (mean loss, 6 decimals):", file=out)
     all_ok = True
-    for i, (logits, labels, k, eps, expected) in enumerate(SEED_EXAMPLES, 1):
+    for i, (logits, labels, k, eps, expected) in enumerate(WORKED_EXAMPLES, 1):
         got = soft_target_cross_entropy(logits, labels, k, eps)
         ok = got == expected
         all_ok &= ok

@@ -52,8 +52,8 @@ def test_bad_arguments_exit_with_status_2(args, message):
 
 
 def test_a_wrong_example_makes_the_exit_status_nonzero(monkeypatch, capsys):
-    wrong = [(*_cli.SEED_EXAMPLES[0][:4], 0.5)]
-    monkeypatch.setattr(_cli, "SEED_EXAMPLES", wrong)
+    wrong = [(*_cli.WORKED_EXAMPLES[0][:4], 0.5)]
+    monkeypatch.setattr(_cli, "WORKED_EXAMPLES", wrong)
     assert _cli.main(["--no-timing"]) == 1
     assert "MISMATCH" in capsys.readouterr().out
 

@@ -79,7 +79,7 @@ def test_with_grad_equals_separate_calls(case, reduction):
 
 @given(problems(min_classes=2), st.integers(0, 3))
 def test_loss_is_mixture_of_hard_and_prior_cross_entropies(case, seed):
-    """(1 - eps) H(t, p) + eps H(u, p): the decomposition of seed 003."""
+    """(1 - eps) H(t, p) + eps H(u, p): the decomposition into hard and prior parts."""
     z, y, eps = case["logits"], case["labels"], case["epsilon"]
     u = np.random.default_rng(seed).random(case["K"]) + 0.01
     u /= u.sum()

@@ -22,8 +22,8 @@ def test_smooth_labels_matches_dense_definition(eps, prior):
     np.testing.assert_allclose(q.sum(axis=-1), 1.0, rtol=1e-15)
 
 
-def test_smooth_labels_seed_values():
-    # Seed 000: [1 - 0.1 + 0.1/3, 0.1/3, 0.1/3]; seed 002: gamma=0.9 on the label.
+def test_smooth_labels_worked_values():
+    # PyTorch convention: [1 - 0.1 + 0.1/3, 0.1/3, 0.1/3]; fairseq variant: 0.9 on the label.
     np.testing.assert_allclose(
         smoothce.smooth_labels([0], 3, 0.1), [[0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3]], rtol=1e-15
     )

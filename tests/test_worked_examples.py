@@ -1,10 +1,10 @@
-"""The worked examples of seed 000 must come out exactly.
+"""The worked examples must come out exactly.
 
 Seed 000 prints per-sample intermediates for its first example (log-softmax of
 [2, 0, -1] as [-0.407, -2.407, -3.407], sample losses 0.574 and 1.281) that do not
 follow from its own formula: log-softmax([2, 0, -1]) = [-0.170, -2.170, -3.170] and
 the sample losses are 0.33651 and 1.51811 (checked here against mpmath). Their mean,
-0.927312, is the seed's stated result, and that is what must match.
+0.927312, is the stated result, and that is what must match.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ EXAMPLES = [
 
 
 @pytest.mark.parametrize(("logits", "y", "K", "eps", "expected"), EXAMPLES)
-def test_seed_examples_exactly(logits, y, K, eps, expected):
+def test_worked_examples_exactly(logits, y, K, eps, expected):
     assert smoothce.soft_target_cross_entropy(logits, y, K, eps) == expected
     assert smoothce.soft_target_cross_entropy(logits, y, K, eps, round_decimals=6) == expected
 
 
 @pytest.mark.parametrize(("logits", "y", "K", "eps", "expected"), EXAMPLES)
-def test_seed_examples_from_the_general_api(logits, y, K, eps, expected):
+def test_worked_examples_from_the_general_api(logits, y, K, eps, expected):
     loss64 = smoothce.cross_entropy(np.array(logits), y, eps, num_classes=K)
     assert round(float(loss64), 6) == expected
     # float32 keeps about 7 significant digits: the third example's true value,
