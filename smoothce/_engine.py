@@ -51,7 +51,7 @@ from ._stable import (
     shift_rows,
 )
 from ._terms import Block, Hot, Terms, hot_dot
-from ._validation import Prior, Problem, classes_last
+from ._validation import Prior, Problem, classes_last, is_bfloat16
 
 __all__ = [
     "evaluate",
@@ -245,6 +245,23 @@ class _Call:
         if want_loss and p.reduction == "none":
             self.loss_rows = np.zeros(p.batch_shape, dtype=p.grad_dtype)
         self.fast = p.compute_dtype == np.float32
+        # bfloat16 logits: NumPy has no arithmetic of its own for them, so each block is
+        # converted to float32 (exactly) before anything else touches it.
+        self.convert = is_bfloat16(p.z.dtype)
+
+    def load(self, block: np.ndarray, buf: np.ndarray | None) -> np.ndarray:
+        """The logits ``block`` (rows, window) as a C-contiguous compute-dtype array.
+
+        ``buf`` is a per-thread (rows, window)-or-larger compute-dtype scratch, used
+        only when the block must be converted (bfloat16); otherwise a strided block is
+        copied (one block at most) so that every layout is summed in the same order.
+        """
+        if not self.convert:
+            return np.ascontiguousarray(block)
+        assert buf is not None
+        z2 = buf[: block.shape[0], : block.shape[1]]
+        z2[...] = block
+        return z2
 
     def store_loss(self, key: Any, loss: np.ndarray) -> float:
         """Write ``"none"`` losses (finished by :func:`finish_losses`); return the
@@ -345,10 +362,11 @@ class _Call:
 
         def first_pass(t0: int, t1: int) -> None:
             ws = np.empty((1, BLOCK_ELEMENTS), dtype=p.compute_dtype)
+            z_buf = np.empty_like(ws) if self.convert else None
             for t in range(t0, t1):
                 r, j = divmod(t, nw)
                 k0, k1 = windows[j]
-                x = np.ascontiguousarray(p.z[keys[r]].reshape(-1, K)[:, k0:k1])
+                x = self.load(p.z[keys[r]].reshape(-1, K)[:, k0:k1], z_buf)
                 blk = Block(p, keys[r], k0, k1)
                 mj, Sj, Tj = _shifted(x, ws[:, : k1 - k0], win_terms[j], blk, self.want_loss)
                 m[r, j], S[r, j] = mj[0], Sj[0]
@@ -387,10 +405,13 @@ class _Call:
 
             def second_pass(t0: int, t1: int) -> None:
                 ws = np.empty((1, BLOCK_ELEMENTS), dtype=p.compute_dtype)
+                z_buf = np.empty_like(ws) if self.convert else None
                 for t in range(t0, t1):
                     r, j = divmod(t, nw)
                     k0, k1 = windows[j]
                     x = p.z[keys[r]].reshape(-1, K)[:, k0:k1]
+                    if self.convert:
+                        x = self.load(x, z_buf)
                     buf = ws[:, : k1 - k0]
                     with np.errstate(invalid="ignore", over="ignore"):
                         np.subtract(x, m_row[r], out=buf, dtype=buf.dtype)

@@ -27,7 +27,8 @@ _SHARED_PARAMETERS = r"""
     Parameters
     ----------
     logits : array_like, shape (..., K, ...)
-        Unnormalised log-probabilities, float16/float32/float64 or integer (promoted
+        Unnormalised log-probabilities, float16/float32/float64, bfloat16
+        (``ml_dtypes.bfloat16``, computed in float32 like float16) or integer (promoted
         to float64); the K classes lie on ``axis``. Any memory layout; never modified
         (except through an explicit ``out``).
     labels : array_like

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Prior", "Problem", "as_array", "plain", "prepare"]
+__all__ = ["Prior", "Problem", "as_array", "is_bfloat16", "plain", "prepare"]
 
 Reduction = Literal["none", "mean", "sum"]
 _REDUCTIONS = ("none", "mean", "sum")
@@ -118,6 +118,8 @@ def check_logits(logits: npt.ArrayLike, axis: Any) -> tuple[np.ndarray, int]:
     """Return ``(logits as an ndarray, non-negative axis)`` or raise."""
     arr = as_array("logits", logits)
     kind = arr.dtype.kind
+    if is_bfloat16(arr.dtype):
+        kind = "f"
     if kind == "c":
         raise TypeError(
             "logits must be real (floating or integer); complex logits have no softmax "
@@ -158,22 +160,34 @@ def check_axis(axis: Any, ndim: int) -> int:
     return int(axis % ndim)
 
 
+def is_bfloat16(dtype: np.dtype[Any]) -> bool:
+    """Whether ``dtype`` is ``ml_dtypes.bfloat16`` (what JAX and PyTorch hand to NumPy),
+    recognised by name so that ml_dtypes is not a dependency."""
+    return dtype.kind == "V" and dtype.name == "bfloat16" and dtype.itemsize == 2
+
+
 def compute_dtypes(dtype: np.dtype[Any]) -> tuple[np.dtype[Any], np.dtype[Any]]:
     """``(compute dtype, output dtype)`` for logits of ``dtype``.
 
-    float16 is computed in float32 (its 11-bit significand would make the sums
-    meaningless) and written back as float16; integers are promoted to float64. Both
-    are native-endian: big-endian input (``>f4``, as read from some files) is read
-    where it lies and gives the same results as native input.
+    float16 and bfloat16 are computed in float32 (their 11- and 8-bit significands
+    would make the sums meaningless) and written back in their own dtype; integers are
+    promoted to float64. Both are native-endian: big-endian input (``>f4``, as read
+    from some files) is read where it lies and gives the same results as native input.
+    NumPy has no arithmetic of its own for bfloat16 (ml_dtypes supplies slow loops), so
+    the engine converts each block of bfloat16 logits to float32 before any operation.
     """
     if dtype.kind in "iu":
         return np.dtype(np.float64), np.dtype(np.float64)
+    if is_bfloat16(dtype):
+        return np.dtype(np.float32), dtype
     native = dtype.newbyteorder("=")
     if native == np.float16:
         return np.dtype(np.float32), native
     if native in (np.float32, np.float64):
         return native, native
-    raise TypeError(f"logits must be float16, float32, float64 or integer; got dtype {dtype}.")
+    raise TypeError(
+        f"logits must be float16, bfloat16, float32, float64 or integer; got dtype {dtype}."
+    )
 
 
 def check_epsilon(epsilon: Any) -> float:
