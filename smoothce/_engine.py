@@ -304,11 +304,10 @@ class _Call:
 
         def work(i0: int, i1: int) -> None:
             ws_all: np.ndarray | None = None
+            z_all = np.empty((per_block, K), dtype=p.compute_dtype) if self.convert else None
             for i in range(i0, i1):
                 key = keys[i]
-                # Strided blocks are copied (one block at most) so that every layout
-                # is summed in the same order and gives the same bits.
-                z2 = np.ascontiguousarray(p.z[key].reshape(-1, K))
+                z2 = self.load(p.z[key].reshape(-1, K), z_all)
                 blk = Block(p, key, 0, K)
                 g_blk = g2 = None
                 if self.g_moved is not None:
