@@ -55,6 +55,13 @@ class Problem:
         False where ``labels == ignore_index``; None when nothing is ignored.
     weight, weight_scale : ndarray of float64, shape (K,), or None; float
         The class weights are ``weight * weight_scale`` (see :func:`check_weight`).
+    z_loss : float
+        Coefficient of the auxiliary ``z_loss * logsumexp(z)**2`` per counted element.
+    softcap : float or None
+        Logits are replaced by ``softcap * tanh(z / softcap)`` before everything.
+    mean_denominators : (float, float) or None
+        ``(cross-entropy, z-loss)`` denominators of ``reduction="mean"`` when this
+        problem is one block of a larger batch (the fused linear head); None: its own.
     """
 
     z: np.ndarray
@@ -71,6 +78,9 @@ class Problem:
     weight: np.ndarray | None
     reduction: Reduction
     weight_scale: float = 1.0
+    z_loss: float = 0.0
+    softcap: float | None = None
+    mean_denominators: tuple[float, float] | None = None
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -196,6 +206,28 @@ def check_epsilon(epsilon: Any) -> float:
     value = float(epsilon)
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise ValueError(f"epsilon must be in [0, 1]; got epsilon={value!r}.")
+    return value
+
+
+def check_z_loss(z_loss: Any) -> float:
+    if isinstance(z_loss, (bool, np.bool_)) or not isinstance(z_loss, numbers.Real):
+        raise TypeError(f"z_loss must be a non-negative real number; got z_loss={plain(z_loss)}.")
+    value = float(z_loss)
+    if not (value >= 0.0 and math.isfinite(value)):  # also rejects NaN
+        raise ValueError(f"z_loss must be non-negative and finite; got z_loss={value!r}.")
+    return value
+
+
+def check_softcap(softcap: Any) -> float | None:
+    if softcap is None:
+        return None
+    if isinstance(softcap, (bool, np.bool_)) or not isinstance(softcap, numbers.Real):
+        raise TypeError(
+            f"softcap must be None or a positive real number; got softcap={plain(softcap)}."
+        )
+    value = float(softcap)
+    if not (value > 0.0 and math.isfinite(value)):  # also rejects NaN
+        raise ValueError(f"softcap must be positive and finite; got softcap={value!r}.")
     return value
 
 
@@ -449,6 +481,8 @@ def prepare(
     weight: npt.ArrayLike | None,
     ignore_index: Any,
     num_classes: Any,
+    z_loss: Any = 0.0,
+    softcap: Any = None,
 ) -> Problem:
     """Validate every argument of a loss call and return the normalised :class:`Problem`."""
     z_in, ax = check_logits(logits, axis)
@@ -459,6 +493,8 @@ def prepare(
     if num_classes is not None:
         check_num_classes(num_classes, K)
     ignore = _check_ignore_index(ignore_index)
+    zl = check_z_loss(z_loss)
+    cap = check_softcap(softcap)
 
     batch_shape = z_in.shape[:ax] + z_in.shape[ax + 1 :]
     y = as_array("labels", labels)
@@ -509,4 +545,6 @@ def prepare(
         weight=w,
         reduction=red,
         weight_scale=w_scale,
+        z_loss=zl,
+        softcap=cap,
     )
