@@ -9,9 +9,12 @@ from pathlib import Path
 import smoothce
 
 PUBLIC = {
+    "LinearGrads",
     "cross_entropy",
     "cross_entropy_grad",
     "cross_entropy_with_grad",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
     "log_softmax",
     "smooth_labels",
     "soft_target_cross_entropy",
