@@ -341,20 +341,25 @@ class _Call:
         return z2
 
     def cap_chain(self, g: np.ndarray, xbuf: np.ndarray | None, tmp: np.ndarray) -> None:
-        """``g *= d(softcap tanh(z / softcap)) / dz = 1 / cosh(z / softcap)**2``, in place.
+        """``g *= d(softcap tanh(x)) / dz = 1 / cosh(x)**2``, ``x = z / softcap``, in place.
 
-        ``1 / cosh**2`` keeps its relative accuracy where ``tanh`` saturates (``1 -
-        tanh**2`` would cancel); ``cosh`` overflows to inf beyond ``|x| ~ 89`` (float32),
-        where the true factor is below the smallest float anyway: 0. ``tmp`` is a
-        scratch of ``g``'s shape (the capped logits, no longer needed).
+        Formed as ``4 e / (1 + e)**2`` with ``e = exp(-2 |x|)`` in (0, 1]: nothing
+        overflows or cancels, so the factor keeps its relative accuracy where ``tanh``
+        saturates (``1 - tanh(x)**2`` would cancel), and ``exp`` costs a sixth of
+        ``cosh`` in NumPy. Overwrites ``xbuf`` (``x`` is not needed afterwards) and
+        ``tmp``, a scratch of ``g``'s shape (the capped logits).
         """
         assert xbuf is not None
         n, k = g.shape
-        x = xbuf[:n, :k]
-        with np.errstate(over="ignore"):
-            np.cosh(x, out=tmp)
-            np.multiply(tmp, tmp, out=tmp)
-        g /= tmp
+        e = xbuf[:n, :k]
+        np.abs(e, out=e)
+        e *= -2
+        np.exp(e, out=e)  # underflows to 0 quietly far from 0, where the factor is 0
+        np.add(e, 1, out=tmp)
+        np.multiply(tmp, tmp, out=tmp)
+        e *= 4
+        e /= tmp
+        g *= e
 
     def z_terms(
         self, S: np.ndarray, ref: Any, counted: np.ndarray | None, want_rows: bool, want_grad: bool
