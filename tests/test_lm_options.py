@@ -289,3 +289,24 @@ def test_property_against_the_reference(z_loss, softcap, eps, seed, reduction):
     )
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-11, atol=1e-13)
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_probability_targets_with_z_loss_and_softcap(reduction):
+    # With probability targets every element counts: the z-loss mean divides by N.
+    rng = np.random.default_rng(9)
+    z = rng.standard_normal((6, 5)) * 3
+    t = rng.dirichlet(np.ones(5), size=6)
+    loss, grad = smoothce.cross_entropy_with_grad(
+        z, t, 0.1, z_loss=0.05, softcap=2.0, reduction=reduction
+    )
+    tanh = np.tanh(z / 2.0)
+    zc = 2.0 * tanh
+    ce, g_ce = reference(zc, t, 0.1, reduction=reduction)
+    lse = np.log(np.exp(zc).sum(axis=1))
+    p = np.exp(zc - lse[:, None])
+    cz = 1.0 / 6 if reduction == "mean" else 1.0
+    want = ce + (0.05 * lse**2 if reduction == "none" else cz * 0.05 * np.sum(lse**2))
+    want_grad = (g_ce + cz * 2 * 0.05 * lse[:, None] * p) * (1 - tanh**2)
+    np.testing.assert_allclose(loss, want, rtol=1e-12)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-10, atol=1e-15)
