@@ -85,7 +85,8 @@ _SHARED_PARAMETERS = r"""
         ``softcap * tanh(z / softcap)`` before everything else, z-loss included, and
         the gradient is taken with respect to the original logits (chain rule,
         ``1 / cosh(z / softcap)**2``). Positive; None (the default) leaves the
-        logits as they are."""
+        logits as they are. As in Liger-Kernel, a ``-inf`` logit becomes the finite
+        ``-softcap``: masking classes with ``-inf`` does not survive the cap."""
 
 
 def _shared_doc(func: Any) -> Any:
