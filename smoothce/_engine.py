@@ -52,14 +52,17 @@ from ._stable import (
     store_float16,
 )
 from ._terms import Block, Hot, Terms, hot_dot
-from ._validation import Prior, Problem, classes_last
+from ._validation import Prior, Problem, classes_last, is_bfloat16
 
 __all__ = [
+    "element_count",
     "evaluate",
     "exact_sum",
     "finish_losses",
     "hot_exp_and_dot",
     "mean_denominator",
+    "mean_denominators",
+    "reduce_sums",
     "row_losses",
     "scale_exponentials",
 ]
@@ -82,6 +85,44 @@ def mean_denominator(p: Problem) -> float:
     if p.counted is not None:
         w_y = w_y[p.counted]
     return float(w_y.sum())
+
+
+def element_count(p: Problem) -> float:
+    """Counted elements: the denominator of the z-loss's mean (Liger's ``n_non_ignore``)."""
+    n = math.prod(p.batch_shape)
+    return float(n if p.counted is None else np.count_nonzero(p.counted))
+
+
+def mean_denominators(p: Problem) -> tuple[float, float]:
+    """``(cross-entropy, z-loss)`` denominators of ``reduction="mean"``.
+
+    A blocked caller (:mod:`smoothce._linear`) sets ``p.mean_denominators`` to those of
+    the whole batch; otherwise they are this problem's own. The z-loss term is averaged
+    over the counted elements without class weights, as in Liger-Kernel.
+    """
+    if p.mean_denominators is not None:
+        return p.mean_denominators
+    return mean_denominator(p), (element_count(p) if p.z_loss != 0.0 else 1.0)
+
+
+def reduce_sums(p: Problem, ce_sum: float, z_sum: float) -> Any:
+    """The reduced ("mean"/"sum") loss from the exact sums of the engine's row losses.
+
+    ``ce_sum`` is in the engine's weight units (see :class:`_Call`), ``z_sum`` the sum
+    of the z-loss terms; returns a NumPy scalar of ``p.scalar_dtype``.
+    """
+    den, z_den = mean_denominators(p) if p.reduction == "mean" else (1.0, 1.0)
+    scale = p.weight_scale
+    total = ce_sum
+    if p.reduction == "mean":
+        if p.weight is not None and not p.probabilistic:
+            scale = 1.0
+        total = total / den if den > 0.0 else 0.0
+    total *= scale  # a Python float: overflow gives inf, underflow 0, silently
+    if p.z_loss != 0.0:
+        total += z_sum / z_den if z_den > 0.0 else 0.0
+    with np.errstate(over="ignore"):  # a sum beyond float32's range is inf, quietly
+        return p.scalar_dtype.type(total)
 
 
 def exact_sum(parts: Any) -> float:
@@ -122,13 +163,16 @@ def row_losses(S: np.ndarray, T: np.ndarray, W: Any, counted: np.ndarray | None)
     return finish_losses(loss, counted)
 
 
-def scale_exponentials(ws: np.ndarray, c: float, W: Any, S: np.ndarray) -> None:
+def scale_exponentials(
+    ws: np.ndarray, c: float, W: Any, S: np.ndarray, extra: np.ndarray | None = None
+) -> None:
     """``ws <- c W p = exp(x) * (c W / S)`` in place: one multiply over the block.
 
-    Overflow here means a gradient entry beyond the dtype's range, which is inf: the
-    caller ignores overflow.
+    ``extra`` (per row) is added to ``c W``: the z-loss's ``2 z_loss lse`` times its
+    reduction factor, whose gradient is also a multiple of ``p``. Overflow here means a
+    gradient entry beyond the dtype's range, which is inf: the caller ignores overflow.
     """
-    scale = (c * W / S).astype(ws.dtype)
+    scale = (c * W / S if extra is None else (c * W + extra) / S).astype(ws.dtype)
     ws *= scale[:, np.newaxis]
 
 
@@ -183,8 +227,10 @@ def _shifted(
 
 def _exp_and_dot(
     z2: np.ndarray, ws: np.ndarray, terms: Terms, blk: Block, want_T: bool, fast: bool
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """``ws <- exp(z - c)`` for a per-row reference ``c``; return ``(S, T)`` about ``c``.
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``ws <- exp(z - c)`` for a per-row reference ``c``; return ``(S, T, c)``.
+
+    ``c`` is None where it is 0 on every row; ``log S + c`` is the row's log-sum-exp.
 
     Fast path (float32 compute): ``c = 0``, so neither a row maximum nor a shift is
     computed. :func:`~smoothce._stable.fast_exp_bounds` proves it as accurate as the
@@ -193,8 +239,8 @@ def _exp_and_dot(
     the loss in any coordinates, and ``exp(z - c) / S`` is ``softmax(z)``.
     """
     if not fast:
-        _, S, T = _shifted(z2, ws, terms, blk, want_T)
-        return S, T
+        m, S, T = _shifted(z2, ws, terms, blk, want_T)
+        return S, T, m
     # One error-state context for both steps: overflowing rows leave the fast range
     # and are redone below, and 0 * -inf in masked rows is repaired below.
     with np.errstate(over="ignore", invalid="ignore"):
@@ -205,11 +251,13 @@ def _exp_and_dot(
     # Two reductions decide the common case (NaN propagates through min and max, so
     # a NaN row also lands in the slow branch); the mask is built only when needed.
     outside = None
+    ref = None
     if not (lo <= S.min() and S.max() <= hi):
         outside = ~((lo <= S) & (S <= hi))  # NaN compares False: NaN rows are redone
         idx = np.flatnonzero(outside)
         sub_ws = np.empty((len(idx), z2.shape[1]), dtype=ws.dtype)
-        _, S[idx], T_sub = _shifted(z2[idx], sub_ws, terms, blk.subset(idx), want_T)
+        ref = np.zeros(len(S), dtype=_F64)
+        ref[idx], S[idx], T_sub = _shifted(z2[idx], sub_ws, terms, blk.subset(idx), want_T)
         ws[idx] = sub_ws
         if T is not None:
             T[idx] = T_sub
@@ -219,7 +267,7 @@ def _exp_and_dot(
             repair &= ~outside
         if repair.any():
             T[repair] = terms.exact_dot(z2, None, blk, repair)
-    return S, T
+    return S, T, ref
 
 
 class _Call:
@@ -233,44 +281,144 @@ class _Call:
         # that scale. `scale` puts it back; a weighted mean of integer labels divides
         # by the weights too, and there the scale cancels exactly.
         scale = p.weight_scale
-        self.den = 1.0
+        self.den = z_den = 1.0
         if p.reduction == "mean":
-            self.den = mean_denominator(p)
+            self.den, z_den = mean_denominators(p)
             if p.weight is not None and not p.probabilistic:
                 scale = 1.0
         self.scale = scale
         # `c` multiplies the gradient; a mean over nothing (every element ignored, or
         # zero total weight) is defined as 0 with a zero gradient (PyTorch: NaN).
         self.c = scale / self.den if self.den > 0.0 else 0.0
+        # The z-loss `z_loss lse**2` per counted element, in true units (no weights):
+        # its gradient `2 z_loss lse p` joins the one multiply that forms `c W p`.
+        self.zl = p.z_loss
+        self.cz = 1.0 / z_den if z_den > 0.0 else 0.0
+        self.cap = p.softcap
         self.loss_rows: np.ndarray | None = None
         if want_loss and p.reduction == "none":
             self.loss_rows = np.zeros(p.batch_shape, dtype=p.grad_dtype)
         self.fast = p.compute_dtype == np.float32
+        # bfloat16 logits: NumPy has no arithmetic of its own for them, so each block is
+        # converted to float32 (exactly) before anything else touches it.
+        self.convert = is_bfloat16(p.z.dtype)
+        # Converted or soft-capped logits are formed in per-thread scratch (so an
+        # in-place call never reads a gradient entry as a logit).
+        self.transform = self.convert or self.cap is not None
 
-    def store_loss(self, key: Any, loss: np.ndarray) -> float:
-        """Write ``"none"`` losses (finished by :func:`finish_losses`); return the
-        block's sum."""
+    def scratch(self, rows: int, width: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Per-thread buffers for :meth:`load`: ``(logits, z / softcap)``, as needed."""
+        dt = self.p.compute_dtype
+        zbuf = np.empty((rows, width), dtype=dt) if self.transform else None
+        xbuf = np.empty((rows, width), dtype=dt) if self.cap is not None else None
+        return zbuf, xbuf
+
+    def load(
+        self, block: np.ndarray, zbuf: np.ndarray | None, xbuf: np.ndarray | None
+    ) -> np.ndarray:
+        """The logits ``block`` (rows, window) as a C-contiguous compute-dtype array.
+
+        Without a transformation a strided block is copied (one block at most) so that
+        every layout is summed in the same order. bfloat16 is converted to float32 in
+        ``zbuf``; with ``softcap`` the logits become ``softcap * tanh(z / softcap)`` in
+        ``zbuf``, and ``z / softcap`` stays in ``xbuf`` for :meth:`cap_chain`.
+        """
+        if not self.transform:
+            return np.ascontiguousarray(block)
+        assert zbuf is not None
+        n, k = block.shape
+        z2 = zbuf[:n, :k]
+        if self.cap is None:
+            z2[...] = block
+            return z2
+        assert xbuf is not None
+        x = xbuf[:n, :k]
+        x[...] = block
+        x /= self.cap
+        # tanh saturates at +-1 without overflow for any |x|; NaN stays NaN and +-inf
+        # logits become the finite +-softcap.
+        np.tanh(x, out=z2)
+        z2 *= self.cap
+        return z2
+
+    def cap_chain(self, g: np.ndarray, xbuf: np.ndarray | None, tmp: np.ndarray) -> None:
+        """``g *= d(softcap tanh(x)) / dz = 1 / cosh(x)**2``, ``x = z / softcap``, in place.
+
+        Formed as ``4 e / (1 + e)**2`` with ``e = exp(-2 |x|)`` in (0, 1]: nothing
+        overflows or cancels, so the factor keeps its relative accuracy where ``tanh``
+        saturates (``1 - tanh(x)**2`` would cancel), and ``exp`` costs a sixth of
+        ``cosh`` in NumPy. Overwrites ``xbuf`` (``x`` is not needed afterwards) and
+        ``tmp``, a scratch of ``g``'s shape (the capped logits).
+        """
+        assert xbuf is not None
+        n, k = g.shape
+        e = xbuf[:n, :k]
+        np.abs(e, out=e)
+        e *= -2
+        np.exp(e, out=e)  # underflows to 0 quietly far from 0, where the factor is 0
+        np.add(e, 1, out=tmp)
+        np.multiply(tmp, tmp, out=tmp)
+        e *= 4
+        e /= tmp
+        g *= e
+
+    def z_terms(
+        self, S: np.ndarray, ref: Any, counted: np.ndarray | None, want_rows: bool, want_grad: bool
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``(z_loss lse**2 per row, gradient coefficient 2 z_loss lse cz)``, float64.
+
+        ``lse = log S + ref``; ignored rows get a zero z-loss (their gradient rows are
+        zeroed by :meth:`finish_grad`).
+        """
+        if self.zl == 0.0:
+            return None, None
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            lse = np.log(S)
+            if ref is not None:
+                lse += ref
+            rows = None
+            if want_rows:
+                rows = self.zl * lse * lse
+                if counted is not None:
+                    rows[~counted] = 0.0
+            extra = (2.0 * self.zl * self.cz) * lse if want_grad else None
+        return rows, extra
+
+    def store_loss(self, key: Any, loss: np.ndarray, z_rows: np.ndarray | None = None) -> float:
+        """Write ``"none"`` losses (finished by :func:`finish_losses`, plus the z-loss
+        rows); return the block's cross-entropy sum."""
         if self.loss_rows is not None:
             # A legitimately infinite loss (beyond float16's 65504, or a huge weight
             # times a loss) is stored quietly; so is a subnormal one.
             with np.errstate(over="ignore", under="ignore"):
                 if self.scale != 1.0:
                     loss *= self.scale
+                if z_rows is not None:
+                    loss += z_rows
                 self.loss_rows[key] = loss.reshape(self.loss_rows[key].shape)
             return 0.0
         # float64 partial sums: a float32 sum beyond 3.4e38 would overflow the block.
         return float(loss.sum(dtype=_F64))
 
-    def finish_grad(self, ws: np.ndarray, W: Any, S: np.ndarray, terms: Terms, blk: Block) -> None:
-        """Turn the exponentials in ``ws`` into the gradient, in place."""
-        with np.errstate(over="ignore"):  # an entry beyond the dtype's range is inf
-            scale_exponentials(ws, self.c, W, S)
+    def finish_grad(
+        self,
+        ws: np.ndarray,
+        W: Any,
+        S: np.ndarray,
+        terms: Terms,
+        blk: Block,
+        extra: np.ndarray | None = None,
+    ) -> None:
+        """Turn the exponentials in ``ws`` into the gradient, in place (with respect to
+        the possibly soft-capped logits: the caller applies :meth:`cap_chain`)."""
+        with np.errstate(over="ignore", invalid="ignore"):  # entries beyond range: inf
+            scale_exponentials(ws, self.c, W, S, extra)
             terms.subtract_targets(ws, blk, self.c)
         if blk.counted is not None:
             ws[~blk.counted] = 0
 
     # -- whole rows ------------------------------------------------------------
-    def rows(self, workers: Any) -> float:
+    def rows(self, workers: Any) -> tuple[float, float]:
         """Blocks of whole rows: one pass, threads over contiguous block ranges.
 
         The per-block Python work is kept to a handful of NumPy calls: it runs with
@@ -284,6 +432,7 @@ class _Call:
         # call would otherwise allocate a whole 512 KiB block each time).
         ws_rows = min(per_block, n_rows)
         partial = np.zeros(len(keys))
+        z_partial = np.zeros(len(keys))
         terms = Terms(p)
         # The loss mass is the same on every row in the common case: compute it once.
         constant_mass = terms.constant_mass()
@@ -291,11 +440,10 @@ class _Call:
 
         def work(i0: int, i1: int) -> None:
             ws_all: np.ndarray | None = None
+            z_all, x_all = self.scratch(per_block, K)
             for i in range(i0, i1):
                 key = keys[i]
-                # Strided blocks are copied (one block at most) so that every layout
-                # is summed in the same order and gives the same bits.
-                z2 = np.ascontiguousarray(p.z[key].reshape(-1, K))
+                z2 = self.load(p.z[key].reshape(-1, K), z_all, x_all)
                 blk = Block(p, key, 0, K)
                 g_blk = g2 = None
                 if self.g_moved is not None:
@@ -321,12 +469,18 @@ class _Call:
                     if ws_all is None:
                         ws_all = np.empty((ws_rows, K), dtype=p.compute_dtype)
                     ws = ws_all[: z2.shape[0]]
-                S, T = _exp_and_dot(z2, ws, terms, blk, self.want_loss, self.fast)
+                S, T, ref = _exp_and_dot(z2, ws, terms, blk, self.want_loss, self.fast)
                 W = terms.mass(blk) if constant_mass is None else constant_mass
+                z_rows, extra = self.z_terms(S, ref, blk.counted, T is not None, g_blk is not None)
                 if T is not None:
-                    partial[i] = self.store_loss(key, row_losses(S, T, W, blk.counted))
+                    losses = row_losses(S, T, W, blk.counted)
+                    partial[i] = self.store_loss(key, losses, z_rows)
+                    if z_rows is not None and self.loss_rows is None:
+                        z_partial[i] = float(z_rows.sum())
                 if g_blk is not None:
-                    self.finish_grad(ws, W, S, terms, blk)
+                    self.finish_grad(ws, W, S, terms, blk, extra)
+                    if self.cap is not None:
+                        self.cap_chain(ws, x_all, z2)
                     if ws is not g2:
                         with np.errstate(over="ignore"):  # float32 -> float16: inf quietly
                             if g_blk.dtype == np.float16:
@@ -335,10 +489,12 @@ class _Call:
                                 g_blk[...] = ws.reshape(g_blk.shape)
 
         run_ranges(len(keys), n, work)
-        return float(partial[0]) if len(partial) == 1 else exact_sum(partial)
+        if len(partial) == 1:
+            return float(partial[0]), float(z_partial[0])
+        return exact_sum(partial), (exact_sum(z_partial) if self.zl != 0.0 else 0.0)
 
     # -- streamed rows -----------------------------------------------------------
-    def streamed(self, workers: Any) -> float:
+    def streamed(self, workers: Any) -> tuple[float, float]:
         p, K = self.p, self.K
         windows = [(k0, min(K, k0 + BLOCK_ELEMENTS)) for k0 in range(0, K, BLOCK_ELEMENTS)]
         win_terms = [Terms(p, k0, k1) for k0, k1 in windows]
@@ -352,10 +508,11 @@ class _Call:
 
         def first_pass(t0: int, t1: int) -> None:
             ws = np.empty((1, BLOCK_ELEMENTS), dtype=p.compute_dtype)
+            z_buf, x_buf = self.scratch(1, BLOCK_ELEMENTS)
             for t in range(t0, t1):
                 r, j = divmod(t, nw)
                 k0, k1 = windows[j]
-                x = np.ascontiguousarray(p.z[keys[r]].reshape(-1, K)[:, k0:k1])
+                x = self.load(p.z[keys[r]].reshape(-1, K)[:, k0:k1], z_buf, x_buf)
                 blk = Block(p, keys[r], k0, k1)
                 mj, Sj, Tj = _shifted(x, ws[:, : k1 - k0], win_terms[j], blk, self.want_loss)
                 m[r, j], S[r, j] = mj[0], Sj[0]
@@ -382,29 +539,40 @@ class _Call:
         # Every chunk masked: no softmax at all; NaN, as for a whole row of -inf.
         S_row[empty.all(axis=1)] = np.nan
         W_row = Wc.sum(axis=1)
+        counted_rows = None if p.counted is None else p.counted.reshape(-1)
+        z_rows, extra = self.z_terms(
+            S_row, m_row, counted_rows, self.want_loss, self.g_moved is not None
+        )
         partial = []
         if self.want_loss:
             with np.errstate(invalid="ignore", over="ignore"):
                 loss = W_row * np.log(S_row) - T_parts.sum(axis=1)
             for r, key in enumerate(keys):
                 counted = None if p.counted is None else p.counted[key].reshape(-1)
-                partial.append(self.store_loss(key, finish_losses(loss[r : r + 1], counted)))
+                z_r = None if z_rows is None else z_rows[r : r + 1]
+                partial.append(self.store_loss(key, finish_losses(loss[r : r + 1], counted), z_r))
         if self.g_moved is not None:
             g_moved = self.g_moved
 
             def second_pass(t0: int, t1: int) -> None:
                 ws = np.empty((1, BLOCK_ELEMENTS), dtype=p.compute_dtype)
+                z_buf, x_buf = self.scratch(1, BLOCK_ELEMENTS)
                 for t in range(t0, t1):
                     r, j = divmod(t, nw)
                     k0, k1 = windows[j]
                     x = p.z[keys[r]].reshape(-1, K)[:, k0:k1]
+                    if self.transform:
+                        x = self.load(x, z_buf, x_buf)
                     buf = ws[:, : k1 - k0]
                     with np.errstate(invalid="ignore", over="ignore"):
                         np.subtract(x, m_row[r], out=buf, dtype=buf.dtype)
                     np.exp(buf, out=buf)
                     blk = Block(p, keys[r], k0, k1)
                     # p = exp(z - m) / S needs the whole row's mass, not the chunk's.
-                    self.finish_grad(buf, W_row[r], S_row[r : r + 1], win_terms[j], blk)
+                    e = None if extra is None else extra[r : r + 1]
+                    self.finish_grad(buf, W_row[r], S_row[r : r + 1], win_terms[j], blk, e)
+                    if self.cap is not None:
+                        self.cap_chain(buf, x_buf, x)
                     with np.errstate(over="ignore"):
                         dst = g_moved[keys[r]].reshape(-1, K)[:, k0:k1]
                         if dst.dtype == np.float16:
@@ -413,7 +581,10 @@ class _Call:
                             dst[...] = buf
 
             run_ranges(len(keys) * nw, n, second_pass)
-        return exact_sum(partial)
+        z_total = 0.0
+        if z_rows is not None and self.loss_rows is None:
+            z_total = exact_sum(z_rows)
+        return exact_sum(partial), z_total
 
 
 def evaluate(
@@ -422,6 +593,7 @@ def evaluate(
     want_loss: bool = True,
     grad: np.ndarray | None = None,
     workers: Any = None,
+    sums: bool = False,
 ) -> tuple[Any, np.ndarray | None]:
     """Compute the reduced loss and/or write the gradient into ``grad``.
 
@@ -435,6 +607,10 @@ def evaluate(
         Destination of the gradient (may be the logits themselves).
     workers : int or None
         Threads, as in :func:`smoothce._parallel.resolve_workers`.
+    sums : bool
+        For a reduced loss, return the float64 pair ``(cross-entropy sum, z-loss sum)``
+        that :func:`reduce_sums` turns into the loss, so that a blocked caller can add
+        the sums of its blocks exactly before reducing once.
 
     Returns
     -------
@@ -449,16 +625,14 @@ def evaluate(
         p = _with_batch_axis(p)
     call = _Call(p, want_loss, g_moved)
     streamed = p.num_classes > BLOCK_ELEMENTS
-    total = call.streamed(workers) if streamed else call.rows(workers)
+    total, z_total = call.streamed(workers) if streamed else call.rows(workers)
     if not want_loss:
         return None, grad
     if call.loss_rows is not None:
         return (call.loss_rows[0, ...] if single else call.loss_rows), grad
-    if p.reduction == "mean":
-        total = total / call.den if call.den > 0.0 else 0.0
-    total *= call.scale  # a Python float: overflow gives inf, underflow 0, silently
-    with np.errstate(over="ignore"):  # a sum beyond float32's range is inf, quietly
-        return p.scalar_dtype.type(total), grad
+    if sums:
+        return (total, z_total), grad
+    return reduce_sums(p, total, z_total), grad
 
 
 def _with_batch_axis(p: Problem) -> Problem:

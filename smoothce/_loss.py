@@ -27,7 +27,8 @@ _SHARED_PARAMETERS = r"""
     Parameters
     ----------
     logits : array_like, shape (..., K, ...)
-        Unnormalised log-probabilities, float16/float32/float64 or integer (promoted
+        Unnormalised log-probabilities, float16/float32/float64, bfloat16
+        (``ml_dtypes.bfloat16``, computed in float32 like float16) or integer (promoted
         to float64); the K classes lie on ``axis``. Any memory layout; never modified
         (except through an explicit ``out``).
     labels : array_like
@@ -70,13 +71,34 @@ _SHARED_PARAMETERS = r"""
         counted back from the available cores (-1 = all). The default, None, uses one
         thread below 2**20 logits and every core above. Results are bitwise
         identical for every value: the blocks and the order in which their partial
-        sums are combined do not depend on it."""
+        sums are combined do not depend on it.
+    z_loss : float, default 0.0
+        Coefficient of PaLM's auxiliary z-loss (Liger-Kernel's ``lse_square_scale``):
+        ``z_loss * logsumexp(z)**2`` is added to the loss of every counted element,
+        with gradient ``2 * z_loss * logsumexp(z) * softmax(z)``. As in Liger-Kernel it
+        is not multiplied by class weights, ignored elements get none, and
+        ``"mean"`` divides its sum by the number of counted elements (the number of
+        elements for probability targets), even when ``weight`` makes the
+        cross-entropy's denominator the total weight.
+    softcap : float, optional
+        Logit soft-capping (Gemma 2): the logits are replaced by
+        ``softcap * tanh(z / softcap)`` before everything else, z-loss included, and
+        the gradient is taken with respect to the original logits (chain rule,
+        ``1 / cosh(z / softcap)**2``). Positive; None (the default) leaves the
+        logits as they are. As in Liger-Kernel, a ``-inf`` logit becomes the finite
+        ``-softcap``: masking classes with ``-inf`` does not survive the cap."""
 
 
 def _shared_doc(func: Any) -> Any:
     """Insert the parameters shared by the three loss functions into ``func``'s docstring."""
     func.__doc__ = func.__doc__.replace("{parameters}", _SHARED_PARAMETERS.strip("\n"))
     return func
+
+
+def _plain(z_loss: Any, softcap: Any) -> bool:
+    """Whether the call uses neither z-loss nor soft-capping: only those may take the
+    lean path (:mod:`smoothce._lean`), which implements neither."""
+    return softcap is None and type(z_loss) in (float, int) and z_loss == 0
 
 
 def _validate_out(out: Any, p: Problem, logits: Any, labels: Any) -> np.ndarray:
@@ -126,6 +148,8 @@ def cross_entropy(
     ignore_index: int | None = None,
     num_classes: int | None = None,
     workers: int | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> Any:
     r"""Softmax cross-entropy with smoothed (soft) targets.
 
@@ -182,11 +206,11 @@ def cross_entropy(
     >>> smoothce.cross_entropy(z, [[1, -100]], axis=1, ignore_index=-100, reduction="none")
     array([[1.3862..., 0.        ]])
     """
-    lean = lean_call(
+    lean = _plain(z_loss, softcap) and lean_call(
         logits, labels, epsilon, axis, reduction, prior, weight, ignore_index,
         num_classes, workers, None, True, False,
     )  # fmt: skip
-    if lean is not None:
+    if lean:
         return lean[0]
     p = prepare(
         logits,
@@ -198,6 +222,8 @@ def cross_entropy(
         weight=weight,
         ignore_index=ignore_index,
         num_classes=num_classes,
+        z_loss=z_loss,
+        softcap=softcap,
     )
     loss, _ = evaluate(p, want_loss=True, workers=workers)
     return loss
@@ -216,6 +242,8 @@ def cross_entropy_grad(
     ignore_index: int | None = None,
     num_classes: int | None = None,
     workers: int | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> np.ndarray:
     r"""Gradient of :func:`cross_entropy` with respect to ``logits``.
 
@@ -250,11 +278,11 @@ def cross_entropy_grad(
     >>> g.sum(axis=-1)  # rows of an unweighted gradient sum to zero
     array([0.])
     """
-    lean = lean_call(
+    lean = _plain(z_loss, softcap) and lean_call(
         logits, labels, epsilon, axis, reduction, prior, weight, ignore_index,
         num_classes, workers, None, False, True,
     )  # fmt: skip
-    if lean is not None and lean[1] is not None:
+    if lean and lean[1] is not None:
         return lean[1]
     p = prepare(
         logits,
@@ -266,6 +294,8 @@ def cross_entropy_grad(
         weight=weight,
         ignore_index=ignore_index,
         num_classes=num_classes,
+        z_loss=z_loss,
+        softcap=softcap,
     )
     grad = np.empty(p.logits_shape, dtype=p.grad_dtype)
     evaluate(p, want_loss=False, grad=grad, workers=workers)
@@ -285,6 +315,8 @@ def cross_entropy_with_grad(
     ignore_index: int | None = None,
     num_classes: int | None = None,
     workers: int | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
     out: np.ndarray | None = None,
 ) -> tuple[Any, np.ndarray]:
     r"""Loss and gradient together, sharing one shift and one exponential per element.
@@ -327,11 +359,11 @@ def cross_entropy_with_grad(
     >>> g is z
     True
     """
-    lean = lean_call(
+    lean = _plain(z_loss, softcap) and lean_call(
         logits, labels, epsilon, axis, reduction, prior, weight, ignore_index,
         num_classes, workers, out, True, True,
     )  # fmt: skip
-    if lean is not None:
+    if lean:
         return lean  # type: ignore[return-value]
     p = prepare(
         logits,
@@ -343,6 +375,8 @@ def cross_entropy_with_grad(
         weight=weight,
         ignore_index=ignore_index,
         num_classes=num_classes,
+        z_loss=z_loss,
+        softcap=softcap,
     )
     if out is None:
         grad = np.empty(p.logits_shape, dtype=p.grad_dtype)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Prior", "Problem", "as_array", "plain", "prepare"]
+__all__ = ["Prior", "Problem", "as_array", "is_bfloat16", "plain", "prepare"]
 
 Reduction = Literal["none", "mean", "sum"]
 _REDUCTIONS = ("none", "mean", "sum")
@@ -55,6 +55,13 @@ class Problem:
         False where ``labels == ignore_index``; None when nothing is ignored.
     weight, weight_scale : ndarray of float64, shape (K,), or None; float
         The class weights are ``weight * weight_scale`` (see :func:`check_weight`).
+    z_loss : float
+        Coefficient of the auxiliary ``z_loss * logsumexp(z)**2`` per counted element.
+    softcap : float or None
+        Logits are replaced by ``softcap * tanh(z / softcap)`` before everything.
+    mean_denominators : (float, float) or None
+        ``(cross-entropy, z-loss)`` denominators of ``reduction="mean"`` when this
+        problem is one block of a larger batch (the fused linear head); None: its own.
     """
 
     z: np.ndarray
@@ -71,6 +78,9 @@ class Problem:
     weight: np.ndarray | None
     reduction: Reduction
     weight_scale: float = 1.0
+    z_loss: float = 0.0
+    softcap: float | None = None
+    mean_denominators: tuple[float, float] | None = None
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -122,6 +132,8 @@ def check_logits(logits: npt.ArrayLike, axis: Any, name: str = "logits") -> tupl
     """
     arr = as_array(name, logits)
     kind = arr.dtype.kind
+    if is_bfloat16(arr.dtype):
+        kind = "f"
     if kind == "c":
         raise TypeError(
             f"{name} must be a real floating or integer array (complex values have no "
@@ -164,22 +176,34 @@ def check_axis(axis: Any, ndim: int) -> int:
     return int(axis % ndim)
 
 
+def is_bfloat16(dtype: np.dtype[Any]) -> bool:
+    """Whether ``dtype`` is ``ml_dtypes.bfloat16`` (what JAX and PyTorch hand to NumPy),
+    recognised by name so that ml_dtypes is not a dependency."""
+    return dtype.kind == "V" and dtype.name == "bfloat16" and dtype.itemsize == 2
+
+
 def compute_dtypes(dtype: np.dtype[Any]) -> tuple[np.dtype[Any], np.dtype[Any]]:
     """``(compute dtype, output dtype)`` for logits of ``dtype``.
 
-    float16 is computed in float32 (its 11-bit significand would make the sums
-    meaningless) and written back as float16; integers are promoted to float64. Both
-    are native-endian: big-endian input (``>f4``, as read from some files) is read
-    where it lies and gives the same results as native input.
+    float16 and bfloat16 are computed in float32 (their 11- and 8-bit significands
+    would make the sums meaningless) and written back in their own dtype; integers are
+    promoted to float64. Both are native-endian: big-endian input (``>f4``, as read
+    from some files) is read where it lies and gives the same results as native input.
+    NumPy has no arithmetic of its own for bfloat16 (ml_dtypes supplies slow loops), so
+    the engine converts each block of bfloat16 logits to float32 before any operation.
     """
     if dtype.kind in "iu":
         return np.dtype(np.float64), np.dtype(np.float64)
+    if is_bfloat16(dtype):
+        return np.dtype(np.float32), dtype
     native = dtype.newbyteorder("=")
     if native == np.float16:
         return np.dtype(np.float32), native
     if native in (np.float32, np.float64):
         return native, native
-    raise TypeError(f"logits must be float16, float32, float64 or integer; got dtype {dtype}.")
+    raise TypeError(
+        f"logits must be float16, bfloat16, float32, float64 or integer; got dtype {dtype}."
+    )
 
 
 def check_epsilon(epsilon: Any) -> float:
@@ -188,6 +212,28 @@ def check_epsilon(epsilon: Any) -> float:
     value = float(epsilon)
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise ValueError(f"epsilon must be in [0, 1]; got epsilon={value!r}.")
+    return value
+
+
+def check_z_loss(z_loss: Any) -> float:
+    if isinstance(z_loss, (bool, np.bool_)) or not isinstance(z_loss, numbers.Real):
+        raise TypeError(f"z_loss must be a non-negative real number; got z_loss={plain(z_loss)}.")
+    value = float(z_loss)
+    if not (value >= 0.0 and math.isfinite(value)):  # also rejects NaN
+        raise ValueError(f"z_loss must be non-negative and finite; got z_loss={value!r}.")
+    return value
+
+
+def check_softcap(softcap: Any) -> float | None:
+    if softcap is None:
+        return None
+    if isinstance(softcap, (bool, np.bool_)) or not isinstance(softcap, numbers.Real):
+        raise TypeError(
+            f"softcap must be None or a positive real number; got softcap={plain(softcap)}."
+        )
+    value = float(softcap)
+    if not (value > 0.0 and math.isfinite(value)):  # also rejects NaN
+        raise ValueError(f"softcap must be positive and finite; got softcap={value!r}.")
     return value
 
 
@@ -441,6 +487,8 @@ def prepare(
     weight: npt.ArrayLike | None,
     ignore_index: Any,
     num_classes: Any,
+    z_loss: Any = 0.0,
+    softcap: Any = None,
 ) -> Problem:
     """Validate every argument of a loss call and return the normalised :class:`Problem`."""
     z_in, ax = check_logits(logits, axis)
@@ -451,6 +499,8 @@ def prepare(
     if num_classes is not None:
         check_num_classes(num_classes, K)
     ignore = _check_ignore_index(ignore_index)
+    zl = check_z_loss(z_loss)
+    cap = check_softcap(softcap)
 
     batch_shape = z_in.shape[:ax] + z_in.shape[ax + 1 :]
     y = as_array("labels", labels)
@@ -501,4 +551,6 @@ def prepare(
         weight=w,
         reduction=red,
         weight_scale=w_scale,
+        z_loss=zl,
+        softcap=cap,
     )

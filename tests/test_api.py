@@ -9,9 +9,12 @@ from pathlib import Path
 import smoothce
 
 PUBLIC = {
+    "LinearGrads",
     "cross_entropy",
     "cross_entropy_grad",
     "cross_entropy_with_grad",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
     "log_softmax",
     "smooth_labels",
     "soft_target_cross_entropy",
@@ -42,7 +45,7 @@ def test_loss_functions_share_one_signature():
     }
     expected = [
         "logits", "labels", "epsilon", "axis", "reduction", "prior", "weight",
-        "ignore_index", "num_classes", "workers",
+        "ignore_index", "num_classes", "workers", "z_loss", "softcap",
     ]  # fmt: skip
     assert params["cross_entropy"] == expected
     assert params["cross_entropy_grad"] == expected
@@ -51,6 +54,8 @@ def test_loss_functions_share_one_signature():
     assert sig.parameters["epsilon"].default == 0.0
     assert sig.parameters["reduction"].default == "mean"
     assert sig.parameters["ignore_index"].default is None
+    assert sig.parameters["z_loss"].default == 0.0
+    assert sig.parameters["softcap"].default is None
 
 
 def test_docstrings_state_every_parameter():

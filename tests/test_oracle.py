@@ -13,8 +13,8 @@ of the closed form in the compute dtype, derived below, never what the code give
   that cancel (``lse`` and ``max`` are both as large as the logits);
 * gradient ``c (W p_k - w_k q_k)``: ``p_k`` carries ``(|z_k - max z| + K + 4) u``
   relative error (the shifted logit is rounded, then exponentiated and divided);
-* results returned in float16 are that float32 value rounded once, so half a float16
-  spacing more, and no more;
+* results returned in float16 (or bfloat16) are that float32 value rounded once, so
+  half a float16 (bfloat16) spacing more, and no more;
 * reduced losses are also held to 2e-6 relative (the issue's float32 contract).
 
 CI runs these properties with thousands of derandomised examples (conftest.py).
@@ -36,12 +36,13 @@ from strategies import full_problems
 import smoothce
 from smoothce import _engine
 
-U = {np.float16: 2.0**-24, np.float32: 2.0**-24, np.float64: 2.0**-53}
+U = {np.float16: 2.0**-24, np.float32: 2.0**-24, np.float64: 2.0**-53, "bfloat16": 2.0**-24}
 #: Absolute floor of the rounding: the compute dtype's smallest subnormal.
 TINY = {
     np.float16: float(np.finfo(np.float32).smallest_subnormal),
     np.float32: float(np.finfo(np.float32).smallest_subnormal),
     np.float64: float(np.finfo(np.float64).smallest_subnormal),
+    "bfloat16": float(np.finfo(np.float32).smallest_subnormal),
 }
 
 
@@ -94,14 +95,22 @@ def _half_spacing(values: np.ndarray, dtype: Any) -> np.ndarray:
     """Half the spacing of ``dtype`` at ``values``: the error of one final rounding."""
     if np.dtype(dtype) == np.float64:
         return np.zeros_like(values)
+    if np.dtype(dtype).name == "bfloat16":
+        # bfloat16 keeps 7 of float32's 23 fraction bits over the same exponent range.
+        with np.errstate(over="ignore"):
+            f32 = np.abs(values).astype(np.float32)
+        return np.spacing(f32).astype(np.float64) * 2.0**15
     out = np.dtype(np.float32 if dtype == np.float32 else dtype)
     with np.errstate(over="ignore"):
         return np.abs(np.spacing(np.abs(values).astype(out))).astype(np.float64) / 2
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, "bfloat16"])
 @given(data=st.data())
 def test_every_option_matches_the_float64_oracle(dtype, data):
+    key = dtype
+    if dtype == "bfloat16":
+        dtype = np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
     case = data.draw(full_problems(dtype=dtype))
     loss_only, loss, grad = _call(case)
     ref_loss, ref_grad = reference(
@@ -115,22 +124,22 @@ def test_every_option_matches_the_float64_oracle(dtype, data):
         ignore_index=case.get("ignore_index"),
     )
     M, gscale, _, c = _oracle_scales(case)
-    u = U[dtype]
+    u = U[key]
     K = np.shape(case["logits"])[case["axis"]]
     out_dtype = np.dtype(dtype)
     if case["reduction"] == "none":
         assert loss.dtype == out_dtype
         assert loss_only.dtype == out_dtype
-        tol = (K + 4) * (u * M + TINY[dtype]) + _half_spacing(ref_loss, dtype)
+        tol = (K + 4) * (u * M + TINY[key]) + _half_spacing(ref_loss, dtype)
     else:
-        assert type(loss) is np.dtype(np.float32 if dtype == np.float16 else dtype).type
+        assert type(loss) is (np.float64 if dtype == np.float64 else np.float32)
         rtol = 2e-6 if dtype != np.float64 else 0.0
-        tol = (K + 4) * (u * c * M.sum() + TINY[dtype]) + rtol * abs(ref_loss)
+        tol = (K + 4) * (u * c * M.sum() + TINY[key]) + rtol * abs(ref_loss)
     for got in (loss, loss_only):
         err = np.abs(np.asarray(got, dtype=np.float64) - ref_loss)
         assert np.all(err <= tol), (got, ref_loss, tol)
         assert np.all(np.asarray(got) >= 0)
     assert grad.dtype == out_dtype
-    gtol = (K + 4) * (u * c * gscale + TINY[dtype]) + _half_spacing(ref_grad, dtype)
+    gtol = (K + 4) * (u * c * gscale + TINY[key]) + _half_spacing(ref_grad, dtype)
     gerr = np.abs(grad.astype(np.float64) - ref_grad)
     assert np.all(gerr <= gtol), (grad, ref_grad, gtol)
