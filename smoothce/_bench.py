@@ -76,6 +76,11 @@ LEGEND = [
     ("torch forward", "torch.nn.functional.cross_entropy(label_smoothing=epsilon) under "
      "no_grad, torch.set_num_threads(T)"),
     ("torch fwd+bwd", "the same with .backward() to the logits"),
+    ("z_loss, softcap", "with --lm: smoothce fwd+grad with z_loss=1e-4, or softcap=30.0, one "
+     "thread, against the plain fwd+grad"),
+    ("linear ...", "with --linear N D V: linear_cross_entropy_with_grad (fused, never builds "
+     "the (N, V) logits) against the unfused head (logits, in-place loss and gradient, "
+     "then the products) and the three matrix products alone; one thread"),
 ]  # fmt: skip
 COLUMNS = [
     ("calls/sample", f"calls timed back to back in one sample, enough for >= "
@@ -92,7 +97,12 @@ COLUMNS = [
 _MEMORY_FACTOR = {
     "exp floor": 1.0, "smoothce forward": 0.0, "smoothce fwd+grad": 1.0, "naive forward": 5.0,
     "naive fwd+grad": 5.0, "torch forward": 4.0, "torch fwd+bwd": 4.0,
+    "smoothce z_loss": 1.0, "smoothce softcap": 2.0,
 }  # fmt: skip
+
+#: The language-model options, timed by ``--lm`` beside the plain forward + gradient
+#: (one thread): PaLM's z-loss and Gemma 2's logit soft-capping.
+LM_OPTIONS = {"smoothce z_loss": {"z_loss": 1e-4}, "smoothce softcap": {"softcap": 30.0}}
 
 
 @dataclass(frozen=True)
@@ -283,6 +293,18 @@ def _candidates(
             if kind in kinds:
                 label = f"{kind}, {tw}"
                 out.append(Candidate(f"{kind} w{w}", label, "smoothce", w, fn, memory=fn))
+    for kind, options in LM_OPTIONS.items():
+        if kind in kinds:
+            lm_grad = np.empty_like(logits)
+
+            def lm_call(options: dict[str, float] = options, g: np.ndarray = lm_grad) -> Any:
+                return cross_entropy_with_grad(
+                    logits, labels, epsilon, workers=1, out=g, **options
+                )
+
+            ((name, value),) = options.items()
+            label = f"smoothce fwd+grad {name}={value}"
+            out.append(Candidate(kind, label, "smoothce", 1, lm_call, memory=lm_call))
     if "naive forward" in kinds:
 
         def naive_fwd() -> Any:
@@ -480,6 +502,19 @@ def measure_shape(
         )
     if progress is not None:
         print(file=progress)
+    _record(m, cands, samples, numbers, logits.nbytes if memory else None)
+    return m
+
+
+def _record(
+    m: Measurement,
+    cands: Sequence[Candidate],
+    samples: dict[str, list[float]],
+    numbers: dict[str, int],
+    grad_bytes: int | None,
+) -> None:
+    """Store each candidate's median, quartiles and samples in ``m``; with
+    ``grad_bytes``, also its extra peak memory (less a gradient it returns)."""
     for c in cands:
         s = Spread.of(samples[c.key])
         m.times[c.key] = s.median
@@ -487,11 +522,77 @@ def measure_shape(
         m.samples[c.key] = samples[c.key]
         m.calls_per_sample[c.key] = numbers[c.key]
         m.labels[c.key] = c.label
-        if memory and c.memory is not None:
+        if grad_bytes is not None and c.memory is not None:
             extra = _extra_memory(c.memory)
             if c.returns_grad:  # the gradient it returns is not extra
-                extra -= logits.nbytes
+                extra -= grad_bytes
             m.extra_memory[c.key] = extra
+
+
+def measure_linear(
+    n: int,
+    d: int,
+    v: int,
+    *,
+    dtype: str = "float32",
+    epsilon: float = 0.1,
+    rounds: int = 7,
+    min_sample_seconds: float = MIN_SAMPLE_SECONDS,
+    memory: bool = True,
+    progress: TextIO | None = None,
+) -> Measurement:
+    """Time the linear head on ``n`` rows of ``d`` features and ``v`` classes.
+
+    Candidates (one thread): :func:`smoothce.linear_cross_entropy_with_grad`, which
+    never builds the (n, v) logits; the unfused head (``hidden @ classifier.T + bias``,
+    :func:`smoothce.cross_entropy_with_grad` in place, then the two products and the
+    bias sum); and the three matrix products alone, the least any exact method does.
+    The Measurement's shape is ``(n, v)`` and its "logits" the (n, v) array the
+    unfused head allocates.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1; got rounds={rounds}.")
+    from ._linear import linear_cross_entropy_with_grad
+
+    rng = np.random.default_rng(0)
+    draw = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    h = rng.standard_normal((n, d), dtype=draw).astype(dtype, copy=False)
+    w = (rng.standard_normal((v, d), dtype=draw) * d**-0.5).astype(dtype, copy=False)
+    b = np.zeros(v, dtype=dtype)
+    y = rng.integers(0, v, size=n)
+    m = Measurement((n, v), np.dtype(dtype).name, epsilon, n * v * np.dtype(dtype).itemsize)
+    m.rounds = rounds
+
+    def fused() -> Any:
+        return linear_cross_entropy_with_grad(h, w, y, epsilon, bias=b, workers=1)
+
+    def unfused() -> Any:
+        z = h @ w.T
+        z += b
+        loss, g = cross_entropy_with_grad(z, y, epsilon, workers=1, out=z)
+        return loss, g @ w, g.T @ h, g.sum(axis=0)
+
+    def products() -> Any:
+        z = h @ w.T
+        return z @ w, z.T @ h
+
+    cands = [
+        Candidate("linear fused", "smoothce linear, fused", "smoothce", 1, fused, memory=fused),
+        Candidate("linear unfused", "logits, loss, products", "naive", 1, unfused, memory=unfused),
+        Candidate("linear products", "the 3 matrix products", "floor", 1, products),
+    ]
+
+    def show(r: int) -> None:
+        print(f"\r  linear {n} x {d} x {v} {m.dtype}: round {r + 1}/{rounds}", end="",
+              file=progress, flush=True)  # fmt: skip
+
+    with _blas_on_one_thread() as m.blas:
+        samples, numbers = _run_rounds(
+            cands, lambda c: None, rounds, min_sample_seconds, show if progress else None
+        )
+    if progress is not None:
+        print(file=progress)
+    _record(m, cands, samples, numbers, None if not memory else 0)
     return m
 
 
@@ -533,6 +634,8 @@ def comparisons(m: Measurement) -> list[tuple[str, str]]:
             (f"smoothce forward w{hi}", f"smoothce forward w{lo}"),
             (f"smoothce fwd+grad w{hi}", f"smoothce fwd+grad w{lo}"),
         ]
+    pairs += [(kind, "smoothce fwd+grad w1") for kind in LM_OPTIONS]
+    pairs += [("linear fused", "linear unfused"), ("linear fused", "linear products")]
     return [(a, b) for a, b in pairs if a in m.samples and b in m.samples]
 
 

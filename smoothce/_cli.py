@@ -23,11 +23,13 @@ from ._baselines import naive_loss_and_grad
 from ._bench import (
     ALL_KINDS,
     DEFAULT_SHAPES,
+    LM_OPTIONS,
     MIN_SAMPLE_SECONDS,
     SWEEP_K,
     SWEEP_N,
     format_sweep,
     format_table,
+    measure_linear,
     measure_shape,
     print_legend,
 )
@@ -181,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
         "unless --workers is given; takes minutes)",
     )  # fmt: skip
     bench.add_argument(
+        "--lm", action="store_true",
+        help="also time the language-model options: fwd+grad with z_loss and with softcap",
+    )  # fmt: skip
+    bench.add_argument(
+        "--linear", nargs=3, type=_positive, metavar=("N", "D", "V"), action="append",
+        help="also time the fused linear head on N rows of D features and V classes "
+        "against the unfused one and the matrix products alone; repeat for several",
+    )  # fmt: skip
+    bench.add_argument(
         "--dtype", choices=["float16", "float32", "float64"], default="float32",
         help="logits dtype (default: float32)",
     )  # fmt: skip
@@ -315,6 +326,11 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         shapes = [(int(n), int(k)) for n, k in args.shape] if args.shape else DEFAULT_SHAPES
         kinds = set(ALL_KINDS)
+        if args.lm:
+            kinds |= set(LM_OPTIONS)
+    if args.linear and args.sweep:
+        print("error: --sweep times its own grid of shapes; drop --linear", file=sys.stderr)
+        return 2
     info = sys.stderr if args.json else sys.stdout
     print(
         f"smoothce {__version__} bench: {len(shapes)} shape(s), {args.dtype}, "
@@ -354,6 +370,14 @@ def run_bench(args: argparse.Namespace) -> int:
                 progress=sys.stderr,
             )
         )
+    for n, d, v in args.linear or []:
+        results.append(
+            measure_linear(
+                int(n), int(d), int(v), dtype=args.dtype, epsilon=args.epsilon,
+                rounds=args.rounds, min_sample_seconds=args.min_sample_ms / 1e3,
+                progress=sys.stderr,
+            )
+        )  # fmt: skip
     if results and not args.json:
         print(f"Threads: {results[0].blas}; smoothce's and torch's set per candidate, "
               "outside the timed region.", file=sys.stdout)  # fmt: skip

@@ -308,3 +308,32 @@ def test_sweep_prints_a_grid_against_naive_and_one_against_torch(monkeypatch, ca
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["4"], ["8"])]
     assert len(rows) == 4  # two rows in each of the two grids
     assert all(len(row) >= 3 for row in rows)
+
+
+def test_lm_options_and_the_linear_head_are_timed_and_compared(capsys):
+    argv = ["bench", "--shape", "16", "5", "--workers", "1", "--rounds", "3", "--lm",
+            "--linear", "12", "4", "7", "--min-sample-ms", "0.1"]  # fmt: skip
+    assert _cli.main(argv) == 0
+    out = capsys.readouterr().out
+    for label in ("smoothce fwd+grad z_loss=0.0001", "smoothce fwd+grad softcap=30.0"):
+        assert f"- {label} vs smoothce fwd+grad, 1 thread: " in out
+    assert "(12, 7) float32" in out
+    assert "- smoothce linear, fused vs logits, loss, products: " in out
+    assert "- smoothce linear, fused vs the 3 matrix products: " in out
+    assert "- smoothce linear, fused: +" in out  # its extra memory
+
+
+def test_measure_linear_times_three_candidates_on_the_unfused_logits_size():
+    # Fused against unfused exactness is tests/test_linear.py's; here the bench's view.
+    from smoothce._bench import measure_linear
+
+    m = measure_linear(9, 3, 5, rounds=2, min_sample_seconds=1e-4, memory=False)
+    assert set(m.times) == {"linear fused", "linear unfused", "linear products"}
+    assert m.shape == (9, 5)
+    assert m.logits_bytes == 9 * 5 * 4
+    assert all(len(v) == 2 for v in m.samples.values())
+
+
+def test_linear_and_sweep_do_not_mix(capsys):
+    assert _cli.main(["bench", "--sweep", "--linear", "4", "2", "3"]) == 2
+    assert "drop --linear" in capsys.readouterr().err
