@@ -28,6 +28,7 @@ import numpy as np
 from ._engine import hot_exp_and_dot, row_losses, scale_exponentials
 from ._stable import BLOCK_ELEMENTS
 from ._terms import _row_offsets, hot_constants, hot_subtract
+from ._validation import labels_in_range
 
 __all__ = ["lean_call"]
 
@@ -97,7 +98,7 @@ def lean_call(
             return None
         if np.may_share_memory(out, logits) or np.may_share_memory(out, labels):
             return None  # in place, or an overlap the general path refuses
-    # -- labels: one reduction (negative labels viewed unsigned are huge) -----------
+    # -- labels: one reduction, the rule check_class_indices applies ---------------
     counted = None
     y = labels
     if ignore_index is not None:
@@ -105,10 +106,7 @@ def lean_call(
         if ignored.any():
             counted = ~ignored
             y = np.where(counted, labels, 0)
-    if y.dtype.kind == "i" and y.dtype.isnative:
-        if y.view(y.dtype.str.replace("i", "u")).max() >= K:
-            return None
-    elif not (y.min() >= 0 and y.max() < K):
+    if not labels_in_range(y, K):
         return None
     flat = _row_offsets(N, K) + y
     # -- evaluate: the engine's functions, in the order _Call.rows calls them ---------

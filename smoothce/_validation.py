@@ -292,6 +292,20 @@ def is_probabilistic(labels: np.ndarray) -> bool:
     )
 
 
+def labels_in_range(labels: np.ndarray, K: int) -> bool:
+    """Whether every integer label lies in ``[0, K)``, in one reduction.
+
+    Signed labels are viewed as unsigned, where a negative one is huge, so one ``max``
+    decides; the lean path and :func:`check_class_indices` both ask this.
+    """
+    if labels.size == 0:
+        return True
+    if labels.dtype.kind == "i" and labels.dtype.isnative:
+        labels = labels.view(labels.dtype.str.replace("i", "u"))
+        return bool(labels.max() < K)
+    return bool(labels.min() >= 0 and labels.max() < K)
+
+
 def check_class_indices(
     labels: np.ndarray, K: int, ignore_index: int | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -307,7 +321,7 @@ def check_class_indices(
             counted = ~ignored
     # Without ignored entries two reductions settle it; the mask (and the position of
     # the first offender) is built only when something is out of range.
-    if counted is None and (labels.size == 0 or (labels.min() >= 0 and labels.max() < K)):
+    if counted is None and labels_in_range(labels, K):
         return labels.astype(np.intp, copy=False), None
     bad = (labels < 0) | (labels >= K)
     if counted is not None:
