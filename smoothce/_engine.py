@@ -36,6 +36,7 @@ gradient block is a writable view of the compute dtype it *is* the workspace.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -60,6 +61,7 @@ __all__ = [
     "exact_sum",
     "finish_losses",
     "hot_exp_and_dot",
+    "loss_scale",
     "mean_denominator",
     "mean_denominators",
     "reduce_sums",
@@ -105,6 +107,19 @@ def mean_denominators(p: Problem) -> tuple[float, float]:
     return mean_denominator(p), (element_count(p) if p.z_loss != 0.0 else 1.0)
 
 
+def loss_scale(p: Problem, reduction: str) -> float:
+    """Factor from the engine's weight units to those ``reduction`` works in.
+
+    The engine sees the class weights divided by ``p.weight_scale`` (a power of two,
+    see :func:`~smoothce._validation.check_weight`). A weighted mean of integer labels
+    divides by those weights too, so the scale cancels and the losses stay in engine
+    units (1.0, no overflow or underflow on the way); everything else is the true loss.
+    """
+    if reduction == "mean" and p.weight is not None and not p.probabilistic:
+        return 1.0
+    return p.weight_scale
+
+
 def reduce_sums(p: Problem, ce_sum: float, z_sum: float) -> Any:
     """The reduced ("mean"/"sum") loss from the exact sums of the engine's row losses.
 
@@ -112,11 +127,9 @@ def reduce_sums(p: Problem, ce_sum: float, z_sum: float) -> Any:
     of the z-loss terms; returns a NumPy scalar of ``p.scalar_dtype``.
     """
     den, z_den = mean_denominators(p) if p.reduction == "mean" else (1.0, 1.0)
-    scale = p.weight_scale
+    scale = loss_scale(p, p.reduction)
     total = ce_sum
     if p.reduction == "mean":
-        if p.weight is not None and not p.probabilistic:
-            scale = 1.0
         total = total / den if den > 0.0 else 0.0
     total *= scale  # a Python float: overflow gives inf, underflow 0, silently
     if p.z_loss != 0.0:
@@ -280,12 +293,10 @@ class _Call:
         # two, see `check_weight`), so every loss it forms is the true one divided by
         # that scale. `scale` puts it back; a weighted mean of integer labels divides
         # by the weights too, and there the scale cancels exactly.
-        scale = p.weight_scale
+        scale = loss_scale(p, p.reduction)
         self.den = z_den = 1.0
         if p.reduction == "mean":
             self.den, z_den = mean_denominators(p)
-            if p.weight is not None and not p.probabilistic:
-                scale = 1.0
         self.scale = scale
         # `c` multiplies the gradient; a mean over nothing (every element ignored, or
         # zero total weight) is defined as 0 with a zero gradient (PyTorch: NaN).
@@ -296,6 +307,12 @@ class _Call:
         self.cz = 1.0 / z_den if z_den > 0.0 else 0.0
         self.cap = p.softcap
         self.loss_rows: np.ndarray | None = None
+        # Observers for callers that want more from the same pass (smoothce.metrics):
+        # `observe(key, z2, S, ref)` sees each block of whole rows after its
+        # exponentials (z2 the block's logits in the compute dtype, lse = log S + ref,
+        # ref None for 0); `observe_streamed(m, S)` sees streamed rows' (max, S).
+        self.observe: Callable[[Any, np.ndarray, np.ndarray, Any], None] | None = None
+        self.observe_streamed: Callable[[np.ndarray, np.ndarray], None] | None = None
         if want_loss and p.reduction == "none":
             self.loss_rows = np.zeros(p.batch_shape, dtype=p.grad_dtype)
         self.fast = p.compute_dtype == np.float32
@@ -470,6 +487,8 @@ class _Call:
                         ws_all = np.empty((ws_rows, K), dtype=p.compute_dtype)
                     ws = ws_all[: z2.shape[0]]
                 S, T, ref = _exp_and_dot(z2, ws, terms, blk, self.want_loss, self.fast)
+                if self.observe is not None:
+                    self.observe(key, z2, S, ref)
                 W = terms.mass(blk) if constant_mass is None else constant_mass
                 z_rows, extra = self.z_terms(S, ref, blk.counted, T is not None, g_blk is not None)
                 if T is not None:
@@ -539,6 +558,8 @@ class _Call:
         # Every chunk masked: no softmax at all; NaN, as for a whole row of -inf.
         S_row[empty.all(axis=1)] = np.nan
         W_row = Wc.sum(axis=1)
+        if self.observe_streamed is not None:
+            self.observe_streamed(m_row, S_row)
         counted_rows = None if p.counted is None else p.counted.reshape(-1)
         z_rows, extra = self.z_terms(
             S_row, m_row, counted_rows, self.want_loss, self.g_moved is not None

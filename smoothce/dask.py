@@ -51,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from exc
 
 from . import metrics as _metrics
-from ._engine import _Call
+from ._engine import _Call, loss_scale
 from ._exact import ExactSum, exact_sums
 from ._loss import cross_entropy as _np_cross_entropy
 from ._loss import cross_entropy_with_grad as _np_cross_entropy_with_grad
@@ -333,12 +333,16 @@ def _loss_part(
 ) -> tuple[ExactSum, ExactSum]:
     """``(exact loss sum, exact mean denominator)`` of one block."""
     p = _block_problem(s, z, y, u)
-    (total,) = exact_sums(_metrics._row_losses(p, s["workers"]))
+    (total,) = exact_sums(_metrics._row_losses(p, s["workers"], s["reduction"]))
     return total, _denominator(p)
 
 
 def _den_part(s: dict[str, Any], y: np.ndarray) -> ExactSum:
     """The mean denominator of one labels block (no logits needed)."""
+    if s["probabilistic"]:
+        # Probability targets (the logits' shape): the mean is over the elements,
+        # weights or not; the targets themselves are checked with their logits.
+        return ExactSum((y.size // max(1, y.shape[s["ax"]])) << 1126)
     K = s["K"]
     z = np.broadcast_to(np.zeros((), np.float64), (*y.shape, K))
     p = prepare(
@@ -415,9 +419,12 @@ def _grad_block(
     grad = np.empty(p.logits_shape, dtype=p.grad_dtype)
     g_moved = np.moveaxis(grad, p.axis, -1)
     call = _Call(replace(p, reduction="none"), s["want_loss"], g_moved)
+    # Losses in the units the reduction divides (the engine's weight units for a
+    # weighted mean of integer labels, whose denominator is in those units too).
+    call.scale = loss_scale(p, reduction)
     if reduction == "mean":
         d = float(den)  # the global denominator, computed from the labels first
-        call.c = 1.0 / d if d > 0.0 else 0.0  # the engine's scale, global denominator
+        call.c = call.scale / d if d > 0.0 else 0.0  # as _Call's, global denominator
     rows = None
     if s["want_loss"]:
         call.loss_rows = rows = np.zeros(p.batch_shape, dtype=np.float64)

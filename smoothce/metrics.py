@@ -14,24 +14,23 @@ memory, memory maps (:func:`evaluate` cuts them into chunks) and Dask
 
 One pass per chunk
 ------------------
-For each chunk the loss engine (:func:`smoothce.cross_entropy`'s) gives every
-element's NLL :math:`\ell_i = \operatorname{lse}(z_i) - z_{i,y_i}` in float64, and one
-scan of the logits gives the top class, the row maximum :math:`m_i` and the label
-logit. Everything else follows without another exponential:
-:math:`\operatorname{lse}(z_i) = \ell_i + z_{i,y_i}` and the confidence
-:math:`\max_k p_{ik} = e^{m_i - \operatorname{lse}(z_i)}`. The smoothed loss needs a
-second engine pass only when ``epsilon > 0``.
+Each chunk is read by the loss engine (:func:`smoothce.cross_entropy`'s) once. The
+engine computes every row's (smoothed, weighted) loss from its sum of exponentials
+:math:`S_i` in shifted coordinates, and hands each block, while it is in cache, to
+the metrics: they take the log-sum-exp :math:`\operatorname{lse}(z_i) = \log S_i +
+c_i` from the engine's own sums, and the top class, the row maximum :math:`m_i` and
+the label logit from one more read of the block. Everything else follows in float64
+without another exponential: the NLL :math:`\ell_i = \operatorname{lse}(z_i) -
+z_{i,y_i}` and the confidence :math:`\max_k p_{ik} = e^{m_i -
+\operatorname{lse}(z_i)}`, whatever ``epsilon`` and ``weight`` are.
 
 Exact merging
 -------------
 The sums are kept exactly (integers in units of :math:`2^{-1126}`, see
 :mod:`smoothce._exact`) and rounded once, in :meth:`~Accumulator.result`. Merging is
-therefore exact: the metrics do not depend on the order of the chunks or the
-number of workers. Nor on the chunking, when chunks hold whole engine blocks
-(multiples of ``131072 // K`` rows; :func:`evaluate` cuts its chunks so): each
-element's loss is then computed exactly as in one call. Other chunkings may change
-the last bits of per-element losses of float32/float16 logits with ``K <= 4096``,
-whose row sums (BLAS) depend on the rows sharing an engine block.
+therefore exact, and every element's values come from its own row alone (the engine
+sums each row on its own): the metrics depend neither on the chunking nor on the
+order of the chunks nor on the number of workers, to the bit.
 """
 
 from __future__ import annotations
@@ -44,10 +43,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._engine import _Call, _with_batch_axis
+from ._engine import _Call, _with_batch_axis, finish_losses, loss_scale
 from ._exact import ExactSum, exact_sums
-from ._stable import BLOCK_ELEMENTS, log_softmax, row_blocks
-from ._validation import Prior, Problem, prepare
+from ._stable import BLOCK_ELEMENTS, row_blocks
+from ._validation import Prior, Problem, classes_last, prepare
 from .calibration import BinCounts, _check_bins
 
 __all__ = [
@@ -113,27 +112,37 @@ def _reject_probabilities(dtype: np.dtype[Any]) -> None:
 
 
 # -- the engine, per element, in float64 -------------------------------------------
-def _row_losses(p: Problem, workers: Any = None) -> np.ndarray:
-    """Each element's loss in float64, flat in C order; ignored elements are 0.
+def _engine_call(p: Problem, reduction: str) -> _Call:
+    """An engine call writing each element's loss in float64 to ``call.loss_rows``.
 
-    These are the values the engine sums for ``reduction="sum"`` before rounding to
-    the loss dtype. ``reduction="none"`` rounds them to the logits' dtype, so the
-    engine's call is reused with a float64 destination instead. (Hook wanted in
-    :mod:`smoothce._engine`: a float64 ``"none"`` output, e.g. ``evaluate(p,
-    loss_dtype=np.float64)``.)
+    The losses are in the units ``reduction`` divides (:func:`~smoothce._engine.loss_scale`):
+    for a weighted mean of integer labels, the engine's weight units, those of
+    :func:`_denominator_terms`, so the ratio is right for any weights.
     """
     call = _Call(replace(p, reduction="none"), True, None)
+    call.scale = loss_scale(p, reduction)
     call.loss_rows = np.zeros(p.batch_shape, dtype=np.float64)
-    if p.num_classes > BLOCK_ELEMENTS:
+    return call
+
+
+def _run(call: _Call, workers: Any) -> None:
+    if call.K > BLOCK_ELEMENTS:
         call.streamed(workers)
     else:
         call.rows(workers)
+
+
+def _row_losses(p: Problem, workers: Any = None, reduction: str = "mean") -> np.ndarray:
+    """Each element's loss in float64, flat in C order; ignored elements are 0.
+
+    These are the values the engine sums for ``reduction="sum"`` before rounding to
+    the loss dtype, in the units ``reduction`` divides (see :func:`_engine_call`).
+    """
+    call = _engine_call(p, reduction)
+    _run(call, workers)
+    assert call.loss_rows is not None
     rows: np.ndarray = call.loss_rows.reshape(-1)
     return rows
-
-
-def _nll_problem(p: Problem, weighted: bool) -> Problem:
-    return replace(p, epsilon=0.0, prior=Prior("uniform"), weight=p.weight if weighted else None)
 
 
 def _denominator_terms(p: Problem) -> np.ndarray:
@@ -397,35 +406,143 @@ def _ratio_units(total: ExactSum, count: int) -> float:
     return total.units / (count << 1126)
 
 
-def _accumulate_problem(p: Problem, top_k: int, n_bins: int, workers: Any = None) -> Accumulator:
-    """The accumulator of one validated chunk (integer labels, a batch axis)."""
-    nll_rows = _row_losses(_nll_problem(p, weighted=False), workers)
-    plain = p.epsilon == 0.0 and p.weight is None  # plain cross-entropy: the same pass
-    loss_rows = nll_rows if plain else _row_losses(p, workers)
+@dataclass
+class _Pass:
+    """Per element (flat, C order) values of one engine pass; see :func:`_one_pass`."""
+
+    loss: np.ndarray  # the (smoothed, weighted) loss, float64, units of the mean
+    lse: np.ndarray  # log-sum-exp of the row, float64
+    zy: np.ndarray  # label logit, float64 (exact)
+    m: np.ndarray | None = None  # row maximum, float64 (exact)
+    top1: np.ndarray | None = None  # bool: the label is the argmax
+    topk: np.ndarray | None = None  # bool: the label ranks among the top_k
+
+
+def _one_pass(p: Problem, top_k: int, workers: Any, scan: bool = True) -> _Pass:
+    """One engine pass over ``p``, and what rides on it (see :class:`_Pass`).
+
+    The engine hands each block to ``observe`` after its exponentials, while the block
+    is in cache and, for float16 and integer logits, already converted to the compute
+    dtype: the log-sum-exp comes from the engine's own row sums (``lse = log S +
+    ref``), the label logit is gathered, and with ``scan`` the argmax, the row maximum
+    and the top-k test read the converted block once more. Rows longer than a block
+    are streamed: the engine gives their ``(max, S)`` and :func:`_scan` reads them for
+    the rest.
+    """
+    call = _engine_call(p, "mean")
+    # Convert float16 (and integer) blocks once into float32 (float64) scratch: the
+    # engine and the observer then both read the converted block, and NumPy's argmax
+    # is not vectorised for float16. The values are exact, the bits unchanged.
+    call.transform = call.transform or p.z.dtype != p.compute_dtype
+    shape = p.batch_shape
+    lse = np.empty(shape)
+    if call.K > BLOCK_ELEMENTS:
+
+        def observe_streamed(m_row: np.ndarray, S_row: np.ndarray) -> None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                np.add(np.log(S_row), m_row, out=lse.reshape(-1))
+
+        call.observe_streamed = observe_streamed
+        _run(call, workers)
+        assert call.loss_rows is not None
+        if scan:
+            top1, topk, m, zy = _scan(p, top_k)
+            return _Pass(call.loss_rows.reshape(-1), lse.reshape(-1), zy, m, top1, topk)
+        zs = classes_last(p.z, p.axis) if p.axis is not None else p.z
+        zy = np.take_along_axis(zs, p.labels[..., np.newaxis], axis=-1)
+        return _Pass(
+            call.loss_rows.reshape(-1), lse.reshape(-1), zy.reshape(-1).astype(np.float64)
+        )
+    zy_a = np.empty(shape)
+    m_a = np.empty(shape) if scan else None
+    top1_a = np.empty(shape, dtype=bool) if scan else None
+    topk_a = top1_a if top_k == 1 or not scan else np.empty(shape, dtype=bool)
+    K = call.K
+    cols = np.arange(K) if 1 < top_k < K else None
+
+    def observe(key: Any, z2: np.ndarray, S: np.ndarray, ref: Any) -> None:
+        y = p.labels[key].reshape(-1)  # safe labels: ignored elements read class 0
+        rows = np.arange(len(y))
+        label_logit = z2[rows, y]
+        out = lse[key]
+        with np.errstate(divide="ignore", invalid="ignore"):  # NaN/inf rows: undefined
+            block_lse = np.log(S)
+            if ref is not None:
+                block_lse += ref
+        out[...] = block_lse.reshape(out.shape)
+        zy_a[key] = label_logit.reshape(out.shape)
+        if m_a is None or top1_a is None or topk_a is None:
+            return
+        pred = z2.argmax(axis=1)  # ties: the lower index, as numpy
+        m_a[key] = z2[rows, pred].reshape(out.shape)
+        top1_a[key] = (pred == y).reshape(out.shape)
+        if cols is not None:
+            topk_a[key] = _in_top_k(z2, label_logit, y, top_k, cols).reshape(out.shape)
+        elif top_k >= K and topk_a is not top1_a:
+            topk_a[key] = True
+
+    call.observe = observe
+    _run(call, workers)
+    assert call.loss_rows is not None
+
+    def flat(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a.reshape(-1)
+
+    return _Pass(
+        call.loss_rows.reshape(-1), lse.reshape(-1), zy_a.reshape(-1),
+        flat(m_a), flat(top1_a), flat(topk_a),
+    )  # fmt: skip
+
+
+def _keep(p: Problem) -> np.ndarray:
+    """The counted elements, flat (all of them without ``ignore_index``)."""
+    n = math.prod(p.batch_shape)
+    return np.ones(n, dtype=bool) if p.counted is None else p.counted.reshape(-1)
+
+
+def _nll_rows(p: Problem, r: _Pass, keep: np.ndarray) -> np.ndarray:
+    """The NLL per element (weighted by ``w_y`` with class weights), float64, 0
+    where not ``keep``.
+
+    ``-log p_y = lse - z_y`` in float64 from the pass's values (a label logit of -inf
+    gives +inf), clamped at 0 against the rounding of lse as the engine's losses
+    (:func:`~smoothce._engine.finish_losses`). It is formed so for every epsilon, so
+    that the NLL of :func:`evaluate` and :func:`nll` agree to the bit. The weighted
+    NLL is ``w_y`` times it, in the engine's weight units (those of the denominator).
+    """
+    with np.errstate(invalid="ignore"):  # inf - inf in undefined rows: NaN
+        nll_rows = finish_losses(r.lse - r.zy, None if p.counted is None else keep)
     if p.weight is None:
-        weighted_nll = nll_rows
-    elif p.epsilon == 0.0:
-        weighted_nll = loss_rows
-    else:
-        weighted_nll = _row_losses(_nll_problem(p, weighted=True), workers)
-    top1, topk, m, zy = _scan(p, top_k)
-    n = len(nll_rows)
-    keep = np.ones(n, dtype=bool) if p.counted is None else p.counted.reshape(-1)
+        return nll_rows
+    with np.errstate(invalid="ignore", over="ignore"):
+        weighted: np.ndarray = p.weight[p.labels.reshape(-1)] * nll_rows
+    weighted[~keep] = 0.0
+    return weighted
+
+
+def _accumulate_problem(p: Problem, top_k: int, n_bins: int, workers: Any = None) -> Accumulator:
+    """The accumulator of one validated chunk (integer labels, a batch axis).
+
+    One engine pass gives the (smoothed, weighted) loss and the log-sum-exp of every
+    row; the NLL is ``lse - z_y`` and the confidence ``exp(max - lse)``, formed in
+    float64 from the same values, so nothing is exponentiated twice.
+    """
+    r = _one_pass(p, top_k, workers)
+    assert r.m is not None
+    assert r.top1 is not None
+    assert r.topk is not None
+    lse, m, top1, topk = r.lse, r.m, r.top1, r.topk
+    n = len(lse)
+    keep = _keep(p)
     # softmax undefined: a NaN or +inf logit, or every logit -inf (no finite maximum).
     undefined = keep & ~np.isfinite(m)
     ok = keep & ~undefined
-    # Confidence max_k p_k = exp(m - lse) with lse = NLL + label logit: no new pass.
-    with np.errstate(invalid="ignore", over="ignore"):
-        lse = nll_rows[ok] + zy[ok]
-    conf = np.exp(np.minimum(m[ok] - lse, 0.0))
-    lost = ~np.isfinite(lse)
-    if lost.any():
-        # Label logit -inf: lse is not recoverable from the NLL (+inf); those rows
-        # (a label the model rules out) take the stable log-softmax instead.
-        where = np.unravel_index(np.flatnonzero(ok)[lost], p.batch_shape)
-        z_rows = p.z[where]
-        conf[lost] = np.exp(log_softmax(z_rows, axis=-1).max(axis=1).astype(np.float64))
-    # Equal-width bins, right-closed except the first (as smoothce.calibration).
+    weighted_nll = _nll_rows(p, r, keep)
+    # At epsilon 0 the loss is the NLL, the same bits; else the engine's smoothed loss.
+    loss_rows = weighted_nll if p.epsilon == 0.0 else r.loss
+    # Confidence max_k p_k = exp(m - lse): no new pass. Bins are equal-width,
+    # right-closed except the first (as smoothce.calibration).
+    conf = np.exp(np.minimum(m[ok] - lse[ok], 0.0))
     b = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
     right = top1[ok]
     bin_conf = exact_sums(conf, b, n_bins)
@@ -659,7 +776,8 @@ def nll(
     p = _prepare(logits, labels, axis=axis, weight=weight, ignore_index=ignore_index)
     total, den = ExactSum(), ExactSum()
     for chunk in _chunks(p):
-        (part,) = exact_sums(_row_losses(chunk, workers))
+        r = _one_pass(chunk, 1, workers, scan=False)
+        (part,) = exact_sums(_nll_rows(chunk, r, _keep(chunk)))
         total += part
         if chunk.weight is None:
             n = chunk.labels.size

@@ -106,28 +106,31 @@ def test_evaluate_matches_in_memory_on_the_cluster(client, chunks):
     yd = da.from_array(y, chunks=(chunks,))
     got = on(client, sdask.evaluate(zd, yd, 0.1, ignore_index=-100, top_k=3))
     ref = metrics.evaluate(z, y, 0.1, ignore_index=-100, top_k=3)
-    assert got.loss == pytest.approx(ref.loss, rel=1e-12)
-    assert got.nll == pytest.approx(ref.nll, rel=1e-12)
-    assert got.ece == pytest.approx(ref.ece, abs=1e-12)
-    assert (got.accuracy, got.top_k_accuracy, got.counted) == (
-        ref.accuracy, ref.top_k_accuracy, ref.counted,
-    )  # fmt: skip
+    assert got == ref  # every value, to the bit
 
 
-def test_float32_chunks_of_whole_engine_blocks_give_the_in_memory_values(client):
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_any_chunking_of_short_float32_rows_gives_the_in_memory_metrics_bitwise(client, dtype):
+    """Regression: BLAS's matrix-vector row sums made a row's bits depend on the rows
+    sharing its engine block, so chunks cutting blocks changed the last bits."""
     K = 1000
     rows = BLOCK_ELEMENTS // K  # 131: the engine's block of rows
-    z, y = _data(rows * 9 + 17, K, dtype=np.float32, ignore=[(0, rows)])
-    chunks = (rows, rows * 3, rows * 5, 17)  # whole blocks, the last one short
-    zd = da.from_array(z, chunks=(chunks, K))
-    yd = da.from_array(y, chunks=(chunks,))
-    got, loss = on(
-        client,
-        sdask.evaluate(zd, yd, 0.1, ignore_index=-100),
-        sdask.cross_entropy(zd, yd, 0.1, ignore_index=-100),
-    )
-    assert got == metrics.evaluate(z, y, 0.1, ignore_index=-100)
-    assert loss == smoothce.cross_entropy(z, y, 0.1, ignore_index=-100)
+    z, y = _data(rows * 9 + 17, K, dtype=dtype, ignore=[(0, rows)])
+    ref = metrics.evaluate(z, y, 0.1, ignore_index=-100)
+    ref_loss = smoothce.cross_entropy(z, y, 0.1, ignore_index=-100)
+    losses = []
+    for chunks in ((rows, rows * 3, rows * 5, 17), (7, 600, 1, 588)):  # blocks cut
+        zd = da.from_array(z, chunks=(chunks, K))
+        yd = da.from_array(y, chunks=(chunks,))
+        got, loss = on(
+            client,
+            sdask.evaluate(zd, yd, 0.1, ignore_index=-100),
+            sdask.cross_entropy(zd, yd, 0.1, ignore_index=-100),
+        )
+        assert got == ref
+        assert loss == pytest.approx(float(ref_loss), rel=1e-12)
+        losses.append(loss)
+    assert losses[0] == losses[1]  # exact sums: the chunking changes no bit
 
 
 def test_results_do_not_depend_on_the_number_of_workers_or_the_scheduler(client):
@@ -335,3 +338,34 @@ def test_several_bad_labels_report_the_first_in_c_order_as_in_memory():
             with pytest.raises(ValueError, match="class indices") as got:
                 dask.compute(graph, scheduler=scheduler)
             assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("targets", ["labels", "probabilities"])
+def test_weights_beyond_the_engine_range_give_the_in_memory_loss_and_gradient(reduction, targets):
+    """Regression: a weighted mean divided losses in true units by a denominator in the
+    engine's scaled weight units (2.2e-310 instead of 2.48 for weights of 1e-310), and
+    the gradient of probability targets left out the weights' scale."""
+    z, y = _data(200, 7)
+    if targets == "probabilities":
+        y = np.random.default_rng(3).dirichlet(np.ones(7), size=200)
+    w = np.linspace(1.0, 3.0, 7) * 2.0**-1020  # needs the engine's weight scale
+    zd = da.from_array(z, chunks=(37, 7))
+    yd = da.from_array(y, chunks=(37, *y.shape[1:]))
+    loss, grad = sdask.cross_entropy_with_grad(zd, yd, 0.1, weight=w, reduction=reduction)
+    loss, grad = dask.compute(loss, grad, scheduler="sync")
+    ref_loss, ref_grad = smoothce.cross_entropy_with_grad(z, y, 0.1, weight=w, reduction=reduction)
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-12)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-12, atol=0)
+    only_loss = sdask.cross_entropy(zd, yd, 0.1, weight=w, reduction=reduction)
+    assert float(only_loss.compute(scheduler="sync")) == pytest.approx(float(ref_loss), rel=1e-12)
+
+
+def test_gradient_of_probability_targets_with_the_mean_reduction():
+    """Regression: the mean's denominator read probability targets as class indices
+    and refused them ("must have the shape of logits (37, 7, 7)")."""
+    z, _ = _data(200, 7)
+    q = np.random.default_rng(4).dirichlet(np.ones(7), size=200)
+    zd, qd = da.from_array(z, chunks=(37, 7)), da.from_array(q, chunks=(37, 7))
+    grad = sdask.cross_entropy_grad(zd, qd, 0.2).compute(scheduler="sync")
+    np.testing.assert_allclose(grad, smoothce.cross_entropy_grad(z, q, 0.2), rtol=1e-12, atol=0)

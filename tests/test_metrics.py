@@ -144,20 +144,28 @@ def test_top_k_at_least_the_number_of_classes_counts_everything():
 
 
 # -- one pass per chunk -----------------------------------------------------------
-def test_evaluate_makes_one_engine_pass_without_smoothing_and_no_log_softmax(monkeypatch):
+@pytest.mark.parametrize("K", [7, BLOCK_ELEMENTS + 3])  # whole rows, streamed rows
+@pytest.mark.parametrize("options", [{}, {"epsilon": 0.1}, {"epsilon": 0.1, "weight": "w"}])
+def test_evaluate_makes_one_engine_pass_per_chunk_whatever_the_options(monkeypatch, K, options):
+    """The smoothed loss, the NLL and the confidence come from the same pass."""
+    from smoothce import _engine
+
     calls = []
-    row_losses = metrics._row_losses
-    monkeypatch.setattr(metrics, "_row_losses", lambda p, w=None: calls.append(1) or row_losses(p))
-
-    def no_log_softmax(*args, **kwargs):
-        raise AssertionError("the confidence follows from the NLL; no log-softmax pass")
-
-    monkeypatch.setattr(metrics, "log_softmax", no_log_softmax)
-    z, y = _data(n=200)
-    metrics.evaluate(z, y)
+    for name in ("rows", "streamed"):
+        original = getattr(_engine._Call, name)
+        monkeypatch.setattr(
+            _engine._Call, name,
+            lambda self, w, _f=original: calls.append(1) or _f(self, w),
+        )  # fmt: skip
+    z, y = _data(n=3 if K > 1000 else 200, K=K)
+    if options.get("weight") == "w":
+        options = {**options, "weight": np.linspace(0.5, 2.0, K)}
+    m = metrics.evaluate(z, y, **options)
     assert len(calls) == 1
-    metrics.evaluate(z, y, 0.1)
-    assert len(calls) == 3  # the smoothed loss is a second pass
+    eps = options.get("epsilon", 0.0)
+    w = options.get("weight")
+    assert m.loss == pytest.approx(float(smoothce.cross_entropy(z, y, eps, weight=w)), rel=1e-13)
+    assert m.nll == pytest.approx(float(smoothce.cross_entropy(z, y, 0.0, weight=w)), rel=1e-13)
 
 
 # -- exact merging ----------------------------------------------------------------
@@ -169,16 +177,21 @@ def test_merging_is_exact_in_any_order():
     assert (a + b) + c == a + (b + c) == c.merge(b).merge(a)
 
 
-def test_chunks_aligned_with_the_engine_blocks_give_identical_metrics():
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_any_chunking_gives_identical_metrics(dtype):
+    """A row's values never depend on its neighbours (row sums are per row), and the
+    sums are exact: cuts inside the engine's blocks change no bit."""
     K = 1000
-    z, y = _data(n=2000, K=K, dtype=np.float32, ignore_every=9)
+    z, y = _data(n=2000, K=K, dtype=dtype, ignore_every=9)
     rows = BLOCK_ELEMENTS // K  # the engine's block: 131 rows
-    whole = metrics.accumulate(z, y, 0.1, ignore_index=-100)
-    for cuts in ([rows], [rows * 3, rows * 4], [rows * 15]):
+    whole = metrics.accumulate(z, y, 0.1, ignore_index=-100, weight=np.linspace(1, 2, K))
+    for cuts in ([rows], [1, 2, 7], [rows * 3 + 5, rows * 4 - 1], [999]):
         edges = [0, *cuts, len(y)]
         acc = None
         for lo, hi in itertools.pairwise(edges):
-            part = metrics.accumulate(z[lo:hi], y[lo:hi], 0.1, ignore_index=-100)
+            part = metrics.accumulate(
+                z[lo:hi], y[lo:hi], 0.1, ignore_index=-100, weight=np.linspace(1, 2, K)
+            )
             acc = part if acc is None else acc + part
         assert acc == whole
         assert acc.result() == whole.result()
@@ -283,3 +296,23 @@ def test_nothing_handed_over_is_modified():
     metrics.evaluate(z, y, 0.1, ignore_index=-100, weight=np.ones(37))
     np.testing.assert_array_equal(z, z0)
     np.testing.assert_array_equal(y, y0)
+
+
+# Powers of two scale the weights exactly; 1e-310 is subnormal, its products keep
+# ~44 bits (relative rounding 2**-44 = 6e-14 per weight).
+@pytest.mark.parametrize(
+    ("scale", "rel"), [(2.0**-1020, 1e-15), (2.0**1000, 1e-15), (1e-310, 1e-12)]
+)
+def test_weights_beyond_the_engine_range_give_the_weighted_mean(scale, rel):
+    """Regression: the metrics divided losses in true units by a denominator in the
+    engine's scaled weight units (2.2e-310 instead of 2.48 for weights of 1e-310)."""
+    z, y = _data(n=300, K=7, ignore_every=4)
+    w = np.linspace(1.0, 3.0, 7)
+    m = metrics.evaluate(z, y, 0.1, weight=w * scale, ignore_index=-100)
+    ref = metrics.evaluate(z, y, 0.1, weight=w, ignore_index=-100)
+    assert m.loss == pytest.approx(ref.loss, rel=rel)
+    assert m.nll == pytest.approx(ref.nll, rel=rel)
+    got_nll = metrics.nll(z, y, weight=w * scale, ignore_index=-100)
+    assert got_nll == pytest.approx(ref.nll, rel=rel)
+    loss = smoothce.cross_entropy(z, y, 0.1, weight=w * scale, ignore_index=-100)
+    assert m.loss == pytest.approx(float(loss), rel=rel + 1e-15)
