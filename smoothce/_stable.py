@@ -15,6 +15,7 @@ workspace is bounded independently of the batch size.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from collections.abc import Iterator
 from math import prod
@@ -24,6 +25,20 @@ import numpy as np
 import numpy.typing as npt
 
 from ._validation import check_logits, classes_last, compute_dtypes
+
+
+def _find_c_einsum() -> Any:
+    """NumPy's C einsum (``numpy._core`` in NumPy 2, ``numpy.core`` in 1.x), else
+    :func:`numpy.einsum`, which calls it."""
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            return importlib.import_module(module).c_einsum
+        except (ImportError, AttributeError):
+            continue
+    return np.einsum  # pragma: no cover
+
+
+_c_einsum: Any = _find_c_einsum()
 
 __all__ = [
     "BLOCK_ELEMENTS",
@@ -94,11 +109,18 @@ def row_sums(x: np.ndarray) -> np.ndarray:
     54 of 80 row splits changed some row's bits, even on one thread), so it is not
     used. float16 is accumulated in float32; see :data:`SUM_CHUNK` for the chunking.
     """
-    acc = np.promote_types(x.dtype, np.float32)
     n, k = x.shape
     if k <= SUM_CHUNK:
-        sums: np.ndarray = np.einsum("ij->i", x, dtype=acc).astype(np.float64)
+        # `c_einsum` is the C function behind np.einsum (same loops, same bits) without
+        # its Python wrapper, and without `dtype=` when none is needed: 1.5 us against
+        # 5.4 us at (32, 10), where the wrapper and the casting setup were most of it.
+        if x.dtype == np.float32 or x.dtype == np.float64:
+            sums: np.ndarray = _c_einsum("ij->i", x).astype(np.float64)
+        else:
+            sums = _c_einsum("ij->i", x, dtype=np.promote_types(x.dtype, np.float32))
+            sums = sums.astype(np.float64)
         return sums
+    acc = np.promote_types(x.dtype, np.float32)
     whole = (k // SUM_CHUNK) * SUM_CHUNK
     # Rows are contiguous runs, so the first `whole` columns reshape to a view.
     parts = np.einsum("ijk->ij", x[:, :whole].reshape(n, -1, SUM_CHUNK), dtype=acc)
