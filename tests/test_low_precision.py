@@ -126,3 +126,29 @@ def test_float16_gradient_equals_the_float32_gradient_cast():
     g16 = smoothce.cross_entropy_grad(z16, y, 0.1)  # mean: entries ~1e-8, subnormal in float16
     g32 = smoothce.cross_entropy_grad(z16.astype(np.float32), y, 0.1)
     np.testing.assert_array_equal(g16.view(np.uint16), g32.astype(np.float16).view(np.uint16))
+
+
+def test_float16_widening_is_numpys_cast_for_every_bit_pattern():
+    """The engine widens float16 blocks by table lookup; every one of the 65,536 bit
+    patterns (NaN payloads, subnormals, infinities) must come out as NumPy's cast."""
+    from smoothce._stable import widen_float16
+
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    out = np.empty(every.shape, dtype=np.float32)
+    widen_float16(every, out)
+    np.testing.assert_array_equal(out.view(np.uint32), every.astype(np.float32).view(np.uint32))
+    strided = every[::3, 1::2]  # a strided view, as a block of logits with axis != -1
+    out2 = np.empty(strided.shape, dtype=np.float32)
+    widen_float16(strided, out2)
+    np.testing.assert_array_equal(out2.view(np.uint32), strided.astype(np.float32).view(np.uint32))
+
+
+@pytest.mark.parametrize("shape", [(64, 10), (3, 5000), (2, 140_000)])
+def test_float16_logits_give_the_bits_of_float32_logits_holding_the_same_values(shape):
+    rng = np.random.default_rng(5)
+    z16 = (rng.standard_normal(shape) * 4).astype(np.float16)
+    y = rng.integers(0, shape[1], shape[0])
+    loss16, g16 = smoothce.cross_entropy_with_grad(z16, y, 0.1, reduction="sum")
+    loss32, g32 = smoothce.cross_entropy_with_grad(z16.astype(np.float32), y, 0.1, reduction="sum")
+    assert loss16 == loss32
+    np.testing.assert_array_equal(g16, g32.astype(np.float16))
