@@ -34,6 +34,7 @@ two range reductions come on top. ``benchmarks/small_calls.py`` measures it.
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from typing import Any, cast
 
 import numpy as np
@@ -63,6 +64,32 @@ _W_LO, _W_HI = 2.0**-100, 2.0**100
 _PRIORS = {False: Prior("uniform"), True: Prior("others")}
 # ufunc reductions called directly: the ndarray methods add a Python frame each.
 _min, _max, _sum = np.minimum.reduce, np.maximum.reduce, np.add.reduce
+
+# The error state. `np.errstate` builds a new state from the current one on every
+# entry (a tenth of a small call); in NumPy 2 the state is a context variable, so the
+# quiet version of each current state is built once and set directly. The cache is
+# keyed by the state object itself (kept alive by the key, so never confused with a
+# later one) and bounded; NumPy 1.x, which has no such variable, uses np.errstate.
+_err_state: ContextVar[Any] | None
+try:
+    from numpy._core import _ufunc_config
+
+    _err_state = getattr(_ufunc_config, "_extobj_contextvar", None)
+    if not isinstance(_err_state, ContextVar):  # pragma: no cover - a later NumPy
+        _err_state = None
+except ImportError:  # pragma: no cover - NumPy 1.x
+    _err_state = None
+_QUIET: dict[Any, Any] = {}
+
+
+def _quiet_state(current: Any) -> Any:
+    """The state ``current`` with overflow and invalid operations ignored."""
+    assert _err_state is not None
+    with np.errstate(over="ignore", invalid="ignore"):
+        quiet = _err_state.get()
+    if len(_QUIET) < 16:
+        _QUIET[current] = quiet
+    return quiet
 
 
 def _lean_weight(weight: Any, K: int) -> np.ndarray | None:
@@ -190,10 +217,17 @@ def lean_call(
         den = label_denominator(N, y, counted, w)
     c = 1.0 / den if den > 0.0 else 0.0
     loss: Any = None
-    # One error-state context for the whole evaluation (each costs a microsecond or
-    # two): rows that overflow or meet inf - inf are refused below, and results beyond
-    # the dtype's range (a float32 loss above 3.4e38) are inf quietly.
-    with np.errstate(over="ignore", invalid="ignore"):
+    # One quiet error state for the whole evaluation: rows that overflow or meet
+    # inf - inf are refused below, and results beyond the dtype's range (a float32
+    # loss above 3.4e38) are inf quietly, as in the general path.
+    if _err_state is not None:
+        current = _err_state.get()
+        quiet = _QUIET.get(current)
+        token = _err_state.set(_quiet_state(current) if quiet is None else quiet)
+    else:  # pragma: no cover - NumPy 1.x
+        errstate = np.errstate(over="ignore", invalid="ignore")
+        errstate.__enter__()
+    try:
         # _exp_and_dot of the engine, without its repairs (the general path's job).
         if dtype is _F32:  # its fast path: no shift, while S stays in fast_exp_bounds
             np.exp(logits, out=ws, dtype=ws.dtype)
@@ -202,7 +236,9 @@ def lean_call(
             if want_loss:
                 T = hot_dot(logits, flat, hot) if tb is None else tb[0].dot(logits, tb[1])
             lo, hi = fast_exp_bounds(K)
-            if not (lo <= _min(S) and _max(S) <= hi):  # NaN fails too
+            # argmin/argmax find NaN too (as the smallest and the largest), and cost
+            # a third of a reduction on short rows.
+            if not (lo <= S[S.argmin()] and S[S.argmax()] <= hi):
                 return None
         else:
             shift_rows(logits, ws)
@@ -238,6 +274,11 @@ def lean_call(
             hot_subtract(ws, flat, hot, c)
         else:
             tb[0].subtract_targets(ws, tb[1], c)
+    finally:
+        if _err_state is not None:
+            _err_state.reset(token)
+        else:  # pragma: no cover - NumPy 1.x
+            errstate.__exit__(None, None, None)
     if counted is not None:
         ws[~counted] = 0
     return loss, ws

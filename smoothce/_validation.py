@@ -305,11 +305,14 @@ def labels_in_range(labels: np.ndarray, K: int) -> bool:
         return True
     dt = labels.dtype
     if dt.kind == "i" and dt.isnative:
-        # ufunc reductions called directly: the ndarray methods add a Python frame.
-        return bool(np.maximum.reduce(labels.view(_UNSIGNED[dt.itemsize]), axis=None) < K)
-    return bool(
-        np.minimum.reduce(labels, axis=None) >= 0 and np.maximum.reduce(labels, axis=None) < K
-    )
+        labels = labels.view(_UNSIGNED[dt.itemsize])
+    elif dt.kind == "i":
+        return bool(labels.min() >= 0 and labels.max() < K)
+    if labels.ndim == 1:
+        # argmax and one element cost a third of a reduction's setup, which is most
+        # of the time for the label vectors of small calls.
+        return bool(labels[labels.argmax()] < K)
+    return bool(np.maximum.reduce(labels, axis=None) < K)
 
 
 def check_class_indices(

@@ -227,3 +227,33 @@ def test_inputs_outside_the_common_case_go_to_the_general_path(logits, labels, k
         assert got == expected
     else:
         _same(got, expected)
+
+
+def test_the_lean_path_quiets_overflow_within_the_callers_error_state():
+    # The quiet error state is cached per caller's state (NumPy 2): inside the call it
+    # must be the caller's with overflow and invalid ignored, and afterwards the
+    # caller's again, whether the lean path answered or handed the call over.
+    z = np.random.default_rng(2).standard_normal((8, 5)).astype(np.float32)
+    y = np.arange(8) % 5
+    seen = []
+    real = _lean.row_losses
+
+    def spy(*args):
+        seen.append(np.geterr())
+        return real(*args)
+
+    before = np.geterr()
+    with mock.patch.object(_lean, "row_losses", spy):
+        for caller in (
+            {"divide": "raise"},
+            {"divide": "raise", "over": "raise", "invalid": "warn"},
+        ):
+            with np.errstate(**caller):
+                state = np.geterr()
+                for logits in (z, z, z * 100):  # twice: the cached state; then overflow
+                    _, lean = _taken(smoothce.cross_entropy_with_grad, logits, y, 0.1)
+                    assert lean is (logits is z)
+                    assert np.geterr() == state
+                assert seen[-1] == {**state, "over": "ignore", "invalid": "ignore"}
+    assert len(seen) == 4
+    assert np.geterr() == before
