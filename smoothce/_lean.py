@@ -229,7 +229,7 @@ def lean_call(
         errstate.__enter__()
     try:
         # _exp_and_dot of the engine, without its repairs (the general path's job).
-        if dtype is _F32:  # its fast path: no shift, while S stays in fast_exp_bounds
+        if dtype == _F32:  # its fast path: no shift, while S stays in fast_exp_bounds
             np.exp(logits, out=ws, dtype=ws.dtype)
             S = row_sums(ws)
             T = None
