@@ -37,7 +37,15 @@ from ._stable import Key, fast_exp_bounds, row_sums
 from ._targets import dense_targets
 from ._validation import Prior, Problem
 
-__all__ = ["Block", "Hot", "Terms", "hot_constants", "hot_dot", "hot_subtract"]
+__all__ = [
+    "Block",
+    "Hot",
+    "Terms",
+    "hot_constants",
+    "hot_dot",
+    "hot_subtract",
+    "label_denominator",
+]
 
 _F64 = np.dtype(np.float64)
 
@@ -62,6 +70,24 @@ def _row_offsets(n: int, K: int) -> np.ndarray:
     offsets = np.arange(n) * K
     offsets.setflags(write=False)
     return offsets
+
+
+def label_denominator(
+    n: int, labels: np.ndarray, counted: np.ndarray | None, weight: np.ndarray | None
+) -> float:
+    """PyTorch's ``reduction="mean"`` denominator for ``n`` integer labels.
+
+    The sum of ``weight[label]`` over the counted elements (``counted`` False where
+    ignored; None: all), or their number without ``weight``. ``labels`` are safe
+    indices (ignored ones replaced by 0). The engine's ``mean_denominator`` and the
+    lean path (:mod:`smoothce._lean`) both take it from here.
+    """
+    if weight is None:
+        return float(n if counted is None else np.count_nonzero(counted))
+    w_y = weight[labels]
+    if counted is not None:
+        w_y = w_y[counted]
+    return float(w_y.sum())
 
 
 class Hot:

@@ -292,6 +292,9 @@ def is_probabilistic(labels: np.ndarray) -> bool:
     )
 
 
+_UNSIGNED = {n: np.dtype(f"u{n}") for n in (1, 2, 4, 8)}
+
+
 def labels_in_range(labels: np.ndarray, K: int) -> bool:
     """Whether every integer label lies in ``[0, K)``, in one reduction.
 
@@ -300,10 +303,16 @@ def labels_in_range(labels: np.ndarray, K: int) -> bool:
     """
     if labels.size == 0:
         return True
-    if labels.dtype.kind == "i" and labels.dtype.isnative:
-        labels = labels.view(labels.dtype.str.replace("i", "u"))
-        return bool(labels.max() < K)
-    return bool(labels.min() >= 0 and labels.max() < K)
+    dt = labels.dtype
+    if dt.kind == "i" and dt.isnative:
+        labels = labels.view(_UNSIGNED[dt.itemsize])
+    elif dt.kind == "i":
+        return bool(labels.min() >= 0 and labels.max() < K)
+    if labels.ndim == 1:
+        # argmax and one element cost a third of a reduction's setup, which is most
+        # of the time for the label vectors of small calls.
+        return bool(labels[labels.argmax()] < K)
+    return bool(np.maximum.reduce(labels, axis=None) < K)
 
 
 def check_class_indices(

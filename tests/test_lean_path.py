@@ -1,7 +1,7 @@
 """The lean path for small calls gives the general path's results, bit for bit.
 
 :func:`smoothce._lean.lean_call` evaluates the common case (2-D, integer labels,
-uniform or "others" prior, optional ignore_index, no weights, one block) with the
+uniform or "others" prior, optional ignore_index and class weights, one block) with the
 engine's own functions; anything else, and every input it cannot accept at a glance,
 goes to the general path. These tests run each call both ways (the general path by
 switching the lean one off) and compare bits, over the option grid and over inputs
@@ -15,7 +15,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -23,6 +23,25 @@ import smoothce
 from smoothce import _lean, _loss
 
 SPECIAL = st.sampled_from([0.0, 1.0, -3.5, 88.0, 100.0, -1e4, np.inf, -np.inf, np.nan])
+# Weights the lean path takes (finite, >= 0, largest in [2**-100, 2**100] or all zero)
+# and those it hands over: negative, NaN, inf, or needing the general path's rescaling.
+WEIGHT_SPECIAL = st.sampled_from([0.0, 1.0, 1e-35, 1e35, -1.0, np.inf, np.nan])
+
+
+def _rounded(value: float, dtype: Any) -> float:
+    with np.errstate(over="ignore"):  # 1e35 is inf in float16
+        return float(np.float64(value).astype(dtype))
+
+
+@st.composite
+def weights(draw: Any, K: int) -> Any:
+    dtype = draw(st.sampled_from([np.float64, np.float32, np.float16]))
+    width = np.dtype(dtype).itemsize * 8
+    values = st.floats(0, 10, width=width)
+    if draw(st.integers(0, 3)) == 0:
+        values = values | WEIGHT_SPECIAL.map(lambda v: _rounded(v, dtype))
+    w = draw(arrays(dtype, (K,), elements=values))
+    return w.tolist() if draw(st.integers(0, 9)) == 0 else w
 
 
 @st.composite
@@ -52,6 +71,8 @@ def lean_cases(draw: Any) -> dict[str, Any]:
         y = np.where(draw(arrays(np.bool_, (N,))), ign, y).astype(y.dtype)
     if draw(st.booleans()):
         kwargs["workers"] = draw(st.sampled_from([1, 2]))
+    if draw(st.booleans()):
+        kwargs["weight"] = draw(weights(K))
     return {"z": z, "y": y, "eps": eps, "kwargs": kwargs}
 
 
@@ -82,6 +103,21 @@ def _same(a, b) -> None:
     np.testing.assert_array_equal(a, b, strict=True)
 
 
+def _outcome(fn, *args, **kwargs) -> Any:
+    """The result, or ``(exception type, message)`` for the documented errors."""
+    try:
+        return fn(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        return type(exc), str(exc)
+
+
+def _same_outcome(a, b) -> None:
+    if isinstance(b, tuple) and isinstance(b[0], type):
+        assert a == b
+    else:
+        _same(a, b)
+
+
 @given(lean_cases())
 def test_lean_and_general_paths_agree_bit_for_bit(case):
     z, y, eps, kw = case["z"], case["y"], case["eps"], case["kwargs"]
@@ -90,30 +126,59 @@ def test_lean_and_general_paths_agree_bit_for_bit(case):
         smoothce.cross_entropy_grad,
         smoothce.cross_entropy_with_grad,
     ):
-        got, _ = _taken(fn, z, y, eps, **kw)  # a leaked warning fails (filterwarnings)
-        _same(got, _general(fn, z, y, eps, **kw))
+        # A leaked warning fails the test (filterwarnings=error).
+        got = _outcome(_taken, fn, z, y, eps, **kw)
+        if not isinstance(got[0], type):
+            got, lean = got
+            event(f"{'weighted' if 'weight' in kw else 'unweighted'}, lean path: {lean}")
+        _same_outcome(got, _outcome(_general, fn, z, y, eps, **kw))
     out1, out2 = np.full_like(z, 7), np.full_like(z, 7)
-    loss1, g1 = smoothce.cross_entropy_with_grad(z, y, eps, out=out1, **kw)
-    loss2, g2 = _general(smoothce.cross_entropy_with_grad, z, y, eps, out=out2, **kw)
-    assert g1 is out1
-    assert g2 is out2
-    _same((loss1, out1), (loss2, out2))
+    got = _outcome(smoothce.cross_entropy_with_grad, z, y, eps, out=out1, **kw)
+    expected = _outcome(_general, smoothce.cross_entropy_with_grad, z, y, eps, out=out2, **kw)
+    _same_outcome(got, expected)
+    if not isinstance(expected[0], type):
+        assert got[1] is out1
+        assert expected[1] is out2
+        _same(out1, out2)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("prior", [None, "uniform", "others"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_the_common_case_takes_the_lean_path(dtype, prior, reduction):
+@pytest.mark.parametrize("weight", [None, np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("ignore_index", [None, 3, -100])
+def test_the_common_case_takes_the_lean_path(dtype, prior, reduction, weight, ignore_index):
     rng = np.random.default_rng(0)
     z = rng.standard_normal((32, 10)).astype(dtype)
     y = rng.integers(0, 10, 32)
+    y[:3] = -100 if ignore_index == -100 else y[:3]
+    kw: dict[str, Any] = {"prior": prior, "reduction": reduction, "ignore_index": ignore_index}
+    if weight is not None:
+        kw["weight"] = rng.uniform(0, 2, 10).astype(weight)
     for fn in (
         smoothce.cross_entropy,
         smoothce.cross_entropy_grad,
         smoothce.cross_entropy_with_grad,
     ):
-        _, lean = _taken(fn, z, y, 0.1, prior=prior, reduction=reduction, ignore_index=3)
+        got, lean = _taken(fn, z, y, 0.1, **kw)
         assert lean
+        _same(got, _general(fn, z, y, 0.1, **kw))
+
+
+def test_out_sharing_memory_with_the_weights_reads_the_weights_before_writing():
+    # The general path converts the weights to a float64 copy before anything is
+    # written to out; the lean path must too, or the gradient overwrites the weights
+    # it is still reading.
+    z = np.random.default_rng(1).standard_normal((4, 3))
+    y = np.array([0, 1, 2, 1])
+    buf1 = np.array([[1.0, 2.0, 3.0]] * 4)
+    buf2 = buf1.copy()
+    (loss1, _), lean = _taken(
+        smoothce.cross_entropy_with_grad, z, y, 0.1, weight=buf1[3], out=buf1
+    )
+    loss2, _ = _general(smoothce.cross_entropy_with_grad, z, y, 0.1, weight=buf2[3], out=buf2)
+    assert lean
+    _same((loss1, buf1), (loss2, buf2))
 
 
 @pytest.mark.parametrize(
@@ -124,7 +189,15 @@ def test_the_common_case_takes_the_lean_path(dtype, prior, reduction):
         (np.zeros((2, 3)), np.array([0, -1]), {}),  # a negative label: error
         (np.zeros((2, 3)), np.array([0, 3]), {}),  # out of range: error
         (np.zeros((3, 2)).T, np.array([0, 1]), {}),  # not C-contiguous
-        (np.zeros((2, 3)), np.array([0, 1]), {"weight": [1.0, 2.0, 3.0]}),
+        (np.zeros((2, 3)), np.array([0, 1]), {"weight": [1.0, 2.0, 3.0]}),  # a list
+        (np.zeros((2, 3)), np.array([0, 1]), {"weight": np.array([1, 2, 3])}),  # integers
+        (np.zeros((2, 3)), np.array([0, 1]), {"weight": np.ones(2)}),  # wrong length
+        (np.zeros((2, 3)), np.array([0, 1]), {"weight": np.ones((1, 3))}),  # 2-D
+        (np.zeros((2, 3)), np.array([0, 1]), {"weight": np.array([1.0, -1.0, 1.0])}),
+        (np.zeros((2, 3)), np.array([0, 1]), {"weight": np.array([1.0, np.nan, 1.0])}),
+        (np.zeros((2, 3)), np.array([0, 1]), {"weight": np.array([1.0, np.inf, 1.0])}),
+        (np.zeros((2, 3)), np.array([0, 1]), {"weight": np.array([1.0, 1e35, 1.0])}),  # scaled
+        (np.zeros((2, 3)), np.array([0, 1]), {"weight": np.array([1e-35, 0.0, 1e-36])}),
         (np.zeros((2, 3)), np.array([0, 1]), {"prior": np.full(3, 1 / 3)}),
         (np.zeros((2, 3)), np.array([0, 1]), {"axis": 0}),
         (np.zeros((2, 3)), np.array([0, 1]), {"workers": -1}),
@@ -154,3 +227,48 @@ def test_inputs_outside_the_common_case_go_to_the_general_path(logits, labels, k
         assert got == expected
     else:
         _same(got, expected)
+
+
+def test_the_lean_path_quiets_overflow_within_the_callers_error_state():
+    # The quiet error state is cached per caller's state (NumPy 2): inside the call it
+    # must be the caller's with overflow and invalid ignored, and afterwards the
+    # caller's again, whether the lean path answered or handed the call over.
+    z = np.random.default_rng(2).standard_normal((8, 5)).astype(np.float32)
+    y = np.arange(8) % 5
+    seen = []
+    real = _lean.row_losses
+
+    def spy(*args):
+        seen.append(np.geterr())
+        return real(*args)
+
+    before = np.geterr()
+    with mock.patch.object(_lean, "row_losses", spy):
+        for caller in (
+            {"divide": "raise"},
+            {"divide": "raise", "over": "raise", "invalid": "warn"},
+        ):
+            with np.errstate(**caller):
+                state = np.geterr()
+                for logits in (z, z, z * 100):  # twice: the cached state; then overflow
+                    _, lean = _taken(smoothce.cross_entropy_with_grad, logits, y, 0.1)
+                    assert lean is (logits is z)
+                    assert np.geterr() == state
+                assert seen[-1] == {**state, "over": "ignore", "invalid": "ignore"}
+    assert len(seen) == 4
+    assert np.geterr() == before
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_dtype_with_metadata_gives_the_general_paths_bits(dtype):
+    # Equal to float32 but not the same object: the lean path must still take the
+    # float32 fast path, as the general path does, or the bits differ.
+    meta = np.dtype(dtype, metadata={"unit": "nat"})
+    z = np.random.default_rng(3).standard_normal((16, 7)).astype(meta)
+    y = np.arange(16) % 7
+    assert z.dtype == dtype
+    assert z.dtype is not np.dtype(dtype)
+    for fn in (smoothce.cross_entropy, smoothce.cross_entropy_with_grad):
+        got, lean = _taken(fn, z, y, 0.1)
+        assert lean
+        _same(got, _general(fn, z, y, 0.1))

@@ -138,12 +138,18 @@ class SmallCall:
         self.logits, self.labels = _arrays("float32", shape)
         self.out = np.empty_like(self.logits)
         self.out.fill(0.0)
+        self.weight = np.linspace(0.5, 2.0, shape[1], dtype=np.float32)
 
     def time_loss(self, shape):
         smoothce.cross_entropy(self.logits, self.labels, 0.1)
 
     def time_loss_and_grad(self, shape):
         smoothce.cross_entropy_with_grad(self.logits, self.labels, 0.1, out=self.out)
+
+    def time_loss_and_grad_weighted(self, shape):
+        smoothce.cross_entropy_with_grad(
+            self.logits, self.labels, 0.1, weight=self.weight, out=self.out
+        )
 
     def time_naive_loss(self, shape):
         naive_loss(self.logits, self.labels, 0.1)
