@@ -45,7 +45,6 @@ import numpy as np
 from ._parallel import resolve_workers, run_ranges
 from ._stable import (
     BLOCK_ELEMENTS,
-    fast_exp_bounds,
     is_view_of,
     row_blocks,
     row_sums,
@@ -53,7 +52,7 @@ from ._stable import (
     store_float16,
     widen_float16,
 )
-from ._terms import Block, Hot, Terms, hot_dot
+from ._terms import Block, Terms, label_denominator
 from ._validation import Prior, Problem, classes_last, is_bfloat16
 
 __all__ = [
@@ -61,7 +60,6 @@ __all__ = [
     "evaluate",
     "exact_sum",
     "finish_losses",
-    "hot_exp_and_dot",
     "loss_scale",
     "mean_denominator",
     "mean_denominators",
@@ -82,12 +80,7 @@ def mean_denominator(p: Problem) -> float:
     n = math.prod(p.batch_shape)
     if p.probabilistic:
         return float(n)
-    if p.weight is None:
-        return float(n if p.counted is None else np.count_nonzero(p.counted))
-    w_y = p.weight[p.labels]
-    if p.counted is not None:
-        w_y = w_y[p.counted]
-    return float(w_y.sum())
+    return label_denominator(n, p.labels, p.counted, p.weight)
 
 
 def element_count(p: Problem) -> float:
@@ -186,36 +179,8 @@ def scale_exponentials(
     reduction factor, whose gradient is also a multiple of ``p``. Overflow here means a
     gradient entry beyond the dtype's range, which is inf: the caller ignores overflow.
     """
-    scale = (c * W / S if extra is None else (c * W + extra) / S).astype(ws.dtype)
+    scale = (c * W / S if extra is None else (c * W + extra) / S).astype(ws.dtype, copy=False)
     ws *= scale[:, np.newaxis]
-
-
-def hot_exp_and_dot(
-    z2: np.ndarray, ws: np.ndarray, flat_labels: np.ndarray, hot: Hot, want_T: bool, fast: bool
-) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """:func:`_exp_and_dot` for :class:`~smoothce._terms.Hot` blocks, without repairs.
-
-    The same operations in the same order as the general path, so the same bits; it
-    returns None instead of repairing when a row leaves the fast range or ``T`` is not
-    finite (a ``-inf`` or NaN logit), and the caller then takes the general path. The
-    caller ignores overflow and invalid operations (their rows are the ones refused).
-    """
-    if fast:
-        np.exp(z2, out=ws, dtype=ws.dtype)
-        S = row_sums(ws)
-        T = hot_dot(z2, flat_labels, hot) if want_T else None
-        lo, hi = fast_exp_bounds(hot.K)
-        if not (lo <= S.min() and S.max() <= hi):
-            return None
-    else:
-        shift_rows(z2, ws)
-        T = hot_dot(ws, flat_labels, hot) if want_T else None
-        np.exp(ws, out=ws)
-        S = row_sums(ws)
-    # The Python float test costs no second NumPy call: inf and NaN fail it.
-    if T is not None and not math.isfinite(T.sum()):
-        return None
-    return S, T
 
 
 def _shifted(
