@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import math
+import re
 import struct
 import sys
 from dataclasses import asdict, dataclass
@@ -245,10 +246,25 @@ def _layout(
         )
     if math.prod(batch) == 0:
         raise EvalError(
-            f"logits file {logits_path!r} has no rows (shape {logits_shape}); "
-            "nothing to evaluate."
+            f"logits file {logits_path!r} has no rows (shape {logits_shape}); nothing to evaluate."
         )
     return ax, batch
+
+
+_LABEL_POSITION = re.compile(r"labels\[([0-9, ]+)\]")
+
+
+def _shift_label_position(message: str, axis: int, start: int) -> str:
+    """A chunk's validation message with its ``labels[...]`` position moved to the
+    file's coordinates: ``start`` added along the labels' chunked ``axis``."""
+
+    def shift(match: re.Match[str]) -> str:
+        idx = [int(i) for i in match.group(1).split(",")]
+        if axis < len(idx):
+            idx[axis] += start
+        return f"labels{idx}"
+
+    return _LABEL_POSITION.sub(shift, message)
 
 
 def _prior(value: str | None) -> Any:
@@ -328,7 +344,10 @@ def evaluate_files(
                 n_bins=bins,
             )  # fmt: skip
         except (TypeError, ValueError) as exc:
-            raise EvalError(str(exc)) from None
+            message = str(exc)
+            if z.ndim > 1:
+                message = _shift_label_position(message, c_lab, start)
+            raise EvalError(message) from None
         if acc.undefined:
             # A counted row without a softmax (NaN loss): find it (only now) and name it
             # in the file's coordinates: the chunk's position along axis c is offset.
