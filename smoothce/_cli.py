@@ -221,21 +221,36 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ev = sub.add_parser(
         "eval",
-        help="metrics of saved logits and labels (.npy): loss, NLL, accuracy, ECE",
+        help="metrics of saved logits and labels (.npy, Zarr): loss, NLL, accuracy, ECE",
         description=(
             "Evaluate saved model outputs: the label-smoothed loss, the NLL "
             "(plain cross-entropy), perplexity, accuracy and expected calibration error. "
-            "Both files are memory-mapped and streamed in chunks, so they may be larger "
-            "than memory. Exit status 2, with a one-line message, on a missing or "
-            "unreadable file, a wrong shape, bad labels or non-finite logits (a NaN or "
+            ".npy files are memory-mapped and streamed in chunks, so they may be larger "
+            "than memory. A Zarr array (a directory holding .zarray or zarr.json) is "
+            "evaluated on Dask, in this process's threads by default; --dask-workers or "
+            "--scheduler run either kind of input on a Dask cluster, whose workers read "
+            "the data themselves (Dask needs: pip install 'smoothce[dask]'). Every way "
+            "gives the same report. Exit status 2, with a one-line message, on a missing "
+            "or unreadable file, a wrong shape, bad labels or non-finite logits (a NaN or "
             "+inf logit, or a row of -inf, in a counted row)."
         ),
-        epilog="example: python -m smoothce eval logits.npy labels.npy --epsilon 0.1 --json",
+        epilog=(
+            "examples:\n"
+            "  python -m smoothce eval logits.npy labels.npy --epsilon 0.1 --json\n"
+            "  python -m smoothce eval logits.zarr labels.zarr\n"
+            "  python -m smoothce eval logits.zarr labels.npy --dask-workers 2\n"
+            "  python -m smoothce eval logits.zarr labels.zarr --scheduler tcp://host:8786"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ev.add_argument("logits", metavar="LOGITS.npy", help="logits, classes on --axis")
+    ev.add_argument(
+        "logits", metavar="LOGITS.npy",
+        help="logits, classes on --axis: a .npy file or a Zarr array directory",
+    )  # fmt: skip
     ev.add_argument(
         "labels", metavar="LABELS.npy",
-        help="integer class labels: the logits' shape without the class axis",
+        help="integer class labels, the logits' shape without the class axis: a .npy "
+        "file or a Zarr array directory",
     )  # fmt: skip
     ev.add_argument(
         "--epsilon", type=_epsilon, default=0.1,
@@ -262,6 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="progress bar on standard error (default: for logits over 256 MiB on a terminal)",
     )  # fmt: skip
+    cluster = ev.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help="run on the Dask cluster whose scheduler is at ADDRESS (e.g. "
+        "tcp://host:8786); its workers must see the files at the same paths",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--dask-workers", type=_positive, metavar="N",
+        help="run on a local Dask cluster of N single-threaded worker processes, "
+        "started for this evaluation and stopped after it",
+    )  # fmt: skip
     ev.add_argument("--chunk-elements", type=_positive, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -270,13 +296,31 @@ def run_eval(args: argparse.Namespace) -> int:
     import json
 
     from ._eval import CHUNK_ELEMENTS, EvalError, evaluate_files
+    from ._eval_dask import evaluate_dask, is_zarr  # imports Dask only when it runs
 
+    options: dict[str, Any] = dict(
+        epsilon=args.epsilon, axis=args.axis, ignore_index=args.ignore_index,
+        prior=args.prior, bins=args.bins, progress=args.progress,
+        chunk_elements=args.chunk_elements or CHUNK_ELEMENTS,
+    )  # fmt: skip
+    on_dask = (
+        args.scheduler is not None
+        or args.dask_workers is not None
+        or is_zarr(args.logits)
+        or is_zarr(args.labels)
+    )
     try:
-        report = evaluate_files(
-            args.logits, args.labels, epsilon=args.epsilon, axis=args.axis,
-            ignore_index=args.ignore_index, prior=args.prior, bins=args.bins,
-            progress=args.progress, chunk_elements=args.chunk_elements or CHUNK_ELEMENTS,
-        )  # fmt: skip
+        if on_dask:
+            report = evaluate_dask(
+                args.logits, args.labels, scheduler=args.scheduler,
+                dask_workers=args.dask_workers, **options,
+            )  # fmt: skip
+        else:
+            report = evaluate_files(args.logits, args.labels, **options)
+    except KeyboardInterrupt:
+        # A local cluster is closed by then; no traceback for a deliberate stop.
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
