@@ -169,9 +169,14 @@ def _bounds(z: _Source, ax: int, c: int, chunk_elements: int) -> tuple[list[int]
     note = None
     if z.storage_chunks is not None:
         stored = z.storage_chunks[c]
-        # Never split a storage chunk (each piece would read and decompress it whole):
-        # a block is a whole number of them, about `step` rows when they are smaller.
-        step = stored * max(1, step // stored)
+        if step % stored:
+            # Never split a storage chunk (each piece would read and decompress it
+            # whole): a block is a whole number of them, about `step` rows if smaller.
+            # Where they tile the memmap path's chunks, the blocks are those chunks
+            # and the report is the memmap path's bit for bit; otherwise float16 and
+            # float32 logits differ in the last bits of per-token values, ~1e-11 on
+            # the means (docs/scale.rst).
+            step = stored * max(1, step // stored)
         pieces = math.ceil(z.shape[ax] / z.storage_chunks[ax])
         if pieces > 1:
             note = (
@@ -349,8 +354,10 @@ def evaluate_dask(
     epsilon, axis, ignore_index, prior, bins, progress
         As in :func:`~smoothce._eval.evaluate_files`; the progress bar is Dask's.
     chunk_elements : int
-        Logits per block for ``.npy`` input (the memmap path's chunk); Zarr input
-        is read in whole storage chunks, as many as make about this many.
+        Logits per block: the memmap path's chunks, so a ``.npy`` file gives its
+        report bit for bit. Zarr input is read in whole storage chunks: those
+        chunks when the storage chunks tile them, else as many storage chunks as
+        make about this many logits.
     scheduler : str, optional
         Address of a running ``distributed`` scheduler (``tcp://host:8786``).
     dask_workers : int, optional
