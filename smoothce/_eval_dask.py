@@ -271,7 +271,8 @@ def _run(client: Any, graphs: Any, progress: bool, logits_path: str) -> Any:
     try:
         return _compute(client, graphs, progress)
     except (TypeError, ValueError) as exc:  # validation, raised in a task
-        raise EvalError(str(exc)) from None
+        message = str(exc)
+        raise EvalError(_one_line(exc) if "\n" in message else message) from None
     except MemoryError as exc:
         raise EvalError(
             f"not enough memory to evaluate {logits_path!r}: {_one_line(exc)}"

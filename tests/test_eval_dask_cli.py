@@ -16,6 +16,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -349,3 +350,70 @@ def test_memmap_eval_imports_no_dask(data):
     assert out.returncode == 0, out.stderr
     assert out.stderr.strip() == "0 []"
     assert math.isfinite(json.loads(out.stdout)["nll"])
+
+
+def test_prior_and_epsilon_reach_the_dask_path(data, tmp_path, capsys):
+    u = np.linspace(1, 2, K)
+    np.save(tmp_path / "prior.npy", u / u.sum())
+    for prior in ("others", tmp_path / "prior.npy"):
+        extra = ("--prior", prior, "--epsilon", 0.3)
+        ref = _report(capsys, data / "z32.npy", data / "y.npy", *extra)
+        got = _report(capsys, data / "z32.zarr", data / "y.zarr", *extra)
+        _same(got, ref, rel=0)
+        assert (
+            got["smoothed_loss"]
+            != _report(capsys, data / "z32.npy", data / "y.npy")["smoothed_loss"]
+        )
+
+
+# -- the local cluster is closed whatever happens ----------------------------------------------
+class _Fake:
+    """Stands for distributed.LocalCluster and distributed.Client; records close()."""
+
+    made: ClassVar[list[_Fake]] = []
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.kwargs, self.closed = kwargs, False
+        _Fake.made.append(self)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "message"),
+    [
+        (KeyboardInterrupt(), 130, r"^error: interrupted$"),
+        (ValueError("labels must be class indices"), 2, r"^error: labels must be class indices$"),
+        (
+            RuntimeError("worker died\nlong details"),
+            2,
+            r"^error: the Dask computation failed: RuntimeError: worker died$",
+        ),
+    ],
+    ids=["interrupt", "bad data", "cluster failure"],
+)
+def test_local_cluster_is_closed_on_interrupt_and_errors(
+    data, capsys, monkeypatch, failure, status, message
+):
+    from smoothce import _eval_dask
+
+    _Fake.made = []
+    monkeypatch.setattr(distributed, "LocalCluster", _Fake)
+    monkeypatch.setattr(distributed, "Client", _Fake)
+
+    def fail(*args: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(_eval_dask, "_compute", fail)
+    got, out, err = _main(capsys, data / "z32.npy", data / "y.npy", "--dask-workers", 3)
+    assert (got, out) == (status, "")
+    assert re.match(message, err.strip()), err
+    assert err.count("\n") == 1
+    cluster, client = _Fake.made
+    assert cluster.kwargs == {
+        "n_workers": 3, "threads_per_worker": 1, "processes": True,
+        "dashboard_address": None, "silence_logs": logging.CRITICAL,
+    }  # fmt: skip
+    assert cluster.closed
+    assert client.closed
