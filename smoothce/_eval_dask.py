@@ -30,7 +30,9 @@ import itertools
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -198,6 +200,26 @@ def _quiet() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT (Ctrl-C) while the block runs, in the main thread only.
+
+    The worker processes a local cluster spawns meanwhile inherit the ignored signal
+    (an ignored signal survives ``exec``; a handler does not), so a Ctrl-C in the
+    terminal, which reaches every process of the group, interrupts only this one,
+    which then closes the cluster, instead of killing each worker with a traceback.
+    The price: a Ctrl-C during the cluster's start (a few seconds) is dropped.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def _client(scheduler: str | None, dask_workers: int | None) -> Iterator[Any]:
     """A ``distributed.Client`` (to ``scheduler``, or to a local cluster of
     ``dask_workers`` processes that is closed on the way out, also on an error or
@@ -207,36 +229,36 @@ def _client(scheduler: str | None, dask_workers: int | None) -> Iterator[Any]:
         return
     import distributed
 
-    cluster = None
+    cluster = client = None
     try:
         with _quiet():
-            if scheduler is not None:
-                address = scheduler
-            else:
-                cluster = distributed.LocalCluster(
-                    n_workers=dask_workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=None,
-                    silence_logs=logging.CRITICAL,
-                )
-                address = cluster
-            client = distributed.Client(address, set_as_default=False)
-    except Exception as exc:
-        if cluster is not None:
-            with _quiet():
-                cluster.close()
-        what = (
-            f"connect to the Dask scheduler at {scheduler!r}"
-            if scheduler is not None
-            else f"start a local Dask cluster of {dask_workers} workers"
-        )
-        raise EvalError(f"cannot {what}: {_one_line(exc) or type(exc).__name__}") from None
-    try:
+            if scheduler is None:
+                try:
+                    with _sigint_ignored():
+                        cluster = distributed.LocalCluster(
+                            n_workers=dask_workers,
+                            threads_per_worker=1,
+                            processes=True,
+                            dashboard_address=None,
+                            silence_logs=logging.CRITICAL,  # task errors are reported here
+                        )
+                except Exception as exc:
+                    raise EvalError(
+                        f"cannot start a local Dask cluster of {dask_workers} workers: "
+                        f"{_one_line(exc) or type(exc).__name__}"
+                    ) from None
+            try:
+                client = distributed.Client(scheduler or cluster, set_as_default=False)
+            except Exception as exc:  # OSError, TimeoutError (an OSError), ValueError
+                raise EvalError(
+                    f"cannot connect to the Dask scheduler at {scheduler!r}: "
+                    f"{_one_line(exc) or type(exc).__name__}"
+                ) from None
         yield client
     finally:
         with _quiet():
-            client.close()
+            if client is not None:
+                client.close()
             if cluster is not None:
                 cluster.close()
 

@@ -417,3 +417,16 @@ def test_local_cluster_is_closed_on_interrupt_and_errors(
     }  # fmt: skip
     assert cluster.closed
     assert client.closed
+
+
+def test_ctrl_c_is_ignored_only_while_the_local_cluster_starts():
+    """Workers spawned meanwhile inherit the ignored SIGINT: a Ctrl-C in the terminal
+    (sent to the whole process group) then stops only the command, which closes them."""
+    import signal
+
+    from smoothce._eval_dask import _sigint_ignored
+
+    before = signal.getsignal(signal.SIGINT)
+    with _sigint_ignored():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is before
