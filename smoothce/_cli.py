@@ -226,8 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Evaluate saved model outputs: the label-smoothed loss, the NLL "
             "(plain cross-entropy), perplexity, accuracy and expected calibration error. "
             ".npy files are memory-mapped and streamed in chunks, so they may be larger "
-            "than memory. A Zarr array (a directory holding .zarray or zarr.json) is "
-            "evaluated on Dask, in this process's threads by default; --dask-workers or "
+            "than memory. A Zarr array (a directory holding .zarray or zarr.json) or a "
+            "directory of .npy shards (shard_*.npy, joined in name order along the first "
+            "batch axis) is evaluated on Dask, in this process's threads by default; "
+            "--dask-workers or "
             "--scheduler run either kind of input on a Dask cluster, whose workers read "
             "the data themselves (Dask needs: pip install 'smoothce[dask]'). Every way "
             "gives the same report. Exit status 2, with a one-line message, on a missing "
@@ -245,12 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "logits", metavar="LOGITS.npy",
-        help="logits, classes on --axis: a .npy file or a Zarr array directory",
+        help="logits, classes on --axis: a .npy file, a Zarr array or a directory of "
+        "shard_*.npy files",
     )  # fmt: skip
     ev.add_argument(
         "labels", metavar="LABELS.npy",
         help="integer class labels, the logits' shape without the class axis: a .npy "
-        "file or a Zarr array directory",
+        "file, a Zarr array or a directory of shard_*.npy files",
     )  # fmt: skip
     ev.add_argument(
         "--epsilon", type=_epsilon, default=0.1,
@@ -296,7 +299,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import json
 
     from ._eval import CHUNK_ELEMENTS, EvalError, evaluate_files
-    from ._eval_dask import evaluate_dask, is_zarr  # imports Dask only when it runs
+    from ._eval_dask import evaluate_dask, is_shards, is_zarr  # Dask only when it runs
 
     options: dict[str, Any] = dict(
         epsilon=args.epsilon, axis=args.axis, ignore_index=args.ignore_index,
@@ -306,8 +309,7 @@ def run_eval(args: argparse.Namespace) -> int:
     on_dask = (
         args.scheduler is not None
         or args.dask_workers is not None
-        or is_zarr(args.logits)
-        or is_zarr(args.labels)
+        or any(is_zarr(path) or is_shards(path) for path in (args.logits, args.labels))
     )
     try:
         if on_dask:

@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,9 +51,10 @@ from ._eval import (
     _one_line,
     _prior,
 )
+from ._validation import check_axis
 from .calibration import _check_bins
 
-__all__ = ["evaluate_dask", "is_zarr"]
+__all__ = ["evaluate_dask", "is_shards", "is_zarr"]
 
 INSTALL = "pip install 'smoothce[dask]'"
 
@@ -65,6 +66,12 @@ def is_zarr(path: str) -> bool:
     """Whether ``path`` is a Zarr directory (an array or a group, format 2 or 3)."""
     p = Path(path)
     return p.is_dir() and any((p / name).is_file() for name in _ZARR_FILES)
+
+
+def is_shards(path: str) -> bool:
+    """Whether ``path`` is a directory of ``shard_*.npy`` files (and not Zarr)."""
+    p = Path(path)
+    return p.is_dir() and not is_zarr(path) and any(p.glob("shard_*.npy"))
 
 
 def _need(modules: tuple[str, ...], why: str) -> None:
@@ -90,14 +97,19 @@ class _Source:
     dtype: np.dtype[Any]
     zarr: Any = None  # the opened zarr.Array, or None for a .npy file
     storage_chunks: tuple[int, ...] | None = None
+    # A directory of shards: (absolute path, length along the concatenation axis).
+    pieces: tuple[tuple[str, int], ...] = ()
 
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-def _open(path: str, what: str) -> _Source:
-    """Check ``path`` (a .npy file or a Zarr array) without reading its data."""
+def _open(path: str, what: str, along: Callable[[int], int]) -> _Source:
+    """Check ``path`` (a .npy file, a directory of .npy shards concatenated along the
+    axis ``along(ndim)``, or a Zarr array) without reading its data."""
+    if is_shards(path):
+        return _open_shards(path, what, along)
     if not is_zarr(path):
         a = _load(path, what)  # every check of the memmap path; maps, reads nothing
         return _Source(path, what, tuple(a.shape), a.dtype)
@@ -119,6 +131,46 @@ def _open(path: str, what: str) -> _Source:
     if dtype.kind not in "biuf":
         raise EvalError(f"{name} holds {arr.dtype} values; give a numeric array.")
     return _Source(path, what, tuple(arr.shape), dtype, arr, tuple(arr.chunks))
+
+
+def _open_shards(path: str, what: str, along: Callable[[int], int]) -> _Source:
+    """The ``shard_*.npy`` files of the directory ``path``, in name order, as one
+    array: each checked as a .npy file, all of one dtype and one shape but along the
+    concatenation axis."""
+    files = sorted(Path(path).glob("shard_*.npy"))
+    arrays = [_load(str(f), what) for f in files]
+    first = arrays[0]
+    a = along(first.ndim)
+    if not 0 <= a < first.ndim:
+        raise EvalError(
+            f"{what} shards in {path!r} must have a batch axis to be concatenated along; "
+            f"{files[0].name} has shape {first.shape}."
+        )
+    rest = first.shape[:a] + first.shape[a + 1 :]
+    for f, arr in zip(files[1:], arrays[1:], strict=True):
+        if arr.dtype != first.dtype:
+            raise EvalError(
+                f"{what} shards in {path!r} must share one dtype; {f.name} is {arr.dtype}, "
+                f"{files[0].name} {first.dtype}."
+            )
+        if arr.ndim != first.ndim or arr.shape[:a] + arr.shape[a + 1 :] != rest:
+            raise EvalError(
+                f"{what} shards in {path!r} must have one shape but along axis {a}; "
+                f"{f.name} has shape {arr.shape}, {files[0].name} {first.shape}."
+            )
+    total = sum(arr.shape[a] for arr in arrays)
+    pieces = tuple(
+        (os.path.abspath(f), arr.shape[a]) for f, arr in zip(files, arrays, strict=True)
+    )
+    shape = (*first.shape[:a], total, *first.shape[a + 1 :])
+    return _Source(path, what, shape, first.dtype, pieces=pieces)
+
+
+def _read_pieces(parts: list[tuple[str, int, int]], axis: int) -> np.ndarray:
+    """Rows ``start:stop`` along ``axis`` of each ``(path, start, stop)``, joined (a
+    task)."""
+    blocks = [_read_npy(path, axis, start, stop) for path, start, stop in parts]
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=axis)
 
 
 def _read_npy(path: str, axis: int, start: int, stop: int) -> np.ndarray:
@@ -150,14 +202,19 @@ def _as_dask(src: _Source, axis: int, bounds: list[int], expand: bool) -> Any:
             dtype=src.dtype,
         )
     else:
-        path = os.path.abspath(src.path)  # a worker's working directory may differ
-        read = dask.delayed(_read_npy, pure=True)
+        # Absolute paths: a worker's working directory may differ.
+        pieces = src.pieces or ((os.path.abspath(src.path), src.shape[axis]),)
+        offsets = np.cumsum([0] + [n for _, n in pieces]).tolist()
+        read = dask.delayed(_read_pieces, pure=True)
         blocks = []
         for start, stop in itertools.pairwise(bounds):
+            parts = [
+                (f, max(start, lo) - lo, min(stop, lo + n) - lo)
+                for (f, n), lo in zip(pieces, offsets, strict=False)
+                if lo < stop and lo + n > start
+            ]
             shape = (*src.shape[:axis], stop - start, *src.shape[axis + 1 :])
-            blocks.append(
-                da.from_delayed(read(path, axis, start, stop), shape=shape, dtype=src.dtype)
-            )
+            blocks.append(da.from_delayed(read(parts, axis), shape=shape, dtype=src.dtype))
         arr = blocks[0] if len(blocks) == 1 else da.concatenate(blocks, axis=axis)
     return arr[None] if expand else arr
 
@@ -186,6 +243,14 @@ def _bounds(z: _Source, ax: int, c: int, chunk_elements: int) -> tuple[list[int]
                 f"the class axis {ax}; each Dask block reads whole rows, {pieces} "
                 "storage chunks apiece. Store whole rows per chunk to read less."
             )
+    if z.pieces:  # shards: the blocks of each shard, none across two
+        starts = np.cumsum([0] + [n for _, n in z.pieces]).tolist()
+        bounds = {
+            b
+            for lo, (_, n) in zip(starts, z.pieces, strict=False)
+            for b in range(lo, lo + n, step)
+        }
+        return sorted(bounds | {n_along}), note
     return [*range(0, n_along, step), n_along], note
 
 
@@ -393,6 +458,8 @@ def evaluate_dask(
     """
     zarr_input = is_zarr(logits_path) or is_zarr(labels_path)
     why = "reading a Zarr array" if zarr_input else "--scheduler or --dask-workers"
+    if not zarr_input and (is_shards(logits_path) or is_shards(labels_path)):
+        why = "reading a directory of .npy shards"
     _need(
         ("dask", "dask.array", *(("zarr",) if zarr_input else ())),
         why,
@@ -401,8 +468,14 @@ def evaluate_dask(
         _need(("distributed",), why)
     import smoothce.dask as sdask
 
-    z = _open(logits_path, "logits")
-    y = _open(labels_path, "labels")
+    def first_batch_axis(ndim: int) -> int:  # the logits' axis of chunks (and shards)
+        try:
+            return 0 if check_axis(axis, ndim) != 0 else 1
+        except (TypeError, ValueError):
+            return 0  # _layout says what is wrong with axis
+
+    z = _open(logits_path, "logits", first_batch_axis)
+    y = _open(labels_path, "labels", lambda ndim: 0)  # the labels' first batch axis
     ax, batch = _layout(logits_path, labels_path, z.shape, y.shape, axis)
     K = z.shape[ax]
     try:

@@ -430,3 +430,49 @@ def test_ctrl_c_is_ignored_only_while_the_local_cluster_starts():
     with _sigint_ignored():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     assert signal.getsignal(signal.SIGINT) is before
+
+
+# -- a directory of .npy shards --------------------------------------------------------------
+def _shards(d: Path, a: np.ndarray, cuts: list[int]) -> Path:
+    d.mkdir()
+    for i, (lo, hi) in enumerate(zip([0, *cuts], [*cuts, len(a)], strict=True)):
+        np.save(d / f"shard_{i:03d}.npy", a[lo:hi])
+    return d
+
+
+def test_shards_are_joined_in_name_order(data, tmp_path, capsys, where):
+    z, y = np.load(data / "z64.npy"), np.load(data / "y.npy")
+    # Uneven shards, an empty one, and label shards cut elsewhere than the logits.
+    zs = _shards(tmp_path / "zs", z, [300, 310, 310, 777])
+    ys = _shards(tmp_path / "ys", y, [555])
+    ref = _report(capsys, data / "z64.npy", data / "y.npy")
+    for logits, labels in ((zs, ys), (zs, data / "y.npy"), (data / "z64.npy", ys)):
+        # Blocks end at the shard boundaries: float64 logits agree to float64 rounding.
+        _same(_report(capsys, logits, labels, *where), ref, rel=1e-12)
+
+
+def test_shards_that_do_not_fit_together(data, tmp_path, capsys):
+    z = np.load(data / "z32.npy")
+    zs = _shards(tmp_path / "zs", z, [500])
+    np.save(zs / "shard_002.npy", z[:10, :5])
+    _one_line_error(
+        *_main(capsys, zs, data / "y.npy"),
+        r"logits shards in '.*zs' must have one shape but along axis 0; shard_002\.npy has "
+        r"shape \(10, 5\), shard_000\.npy \(500, 7\)\.",
+    )
+    np.save(zs / "shard_002.npy", z[:10].astype(np.float64))
+    _one_line_error(
+        *_main(capsys, zs, data / "y.npy"),
+        r"logits shards in '.*zs' must share one dtype; shard_002\.npy is float64, "
+        r"shard_000\.npy float32\.",
+    )
+
+
+def test_a_corrupt_row_in_a_shard_is_named_in_the_joined_array(data, tmp_path, capsys):
+    z = np.load(data / "z32.npy")
+    z[705, 4] = np.inf
+    zs = _shards(tmp_path / "zs", z, [300, 700])
+    _one_line_error(
+        *_main(capsys, zs, data / "y.npy", "--ignore-index", -100),
+        r"has a non-finite logit in row \[705\]: logits\[705, 4\] = inf;",
+    )
