@@ -115,6 +115,12 @@ def _workers(text: str) -> int:
     return value
 
 
+def _address(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a scheduler address, e.g. tcp://host:8786")
+    return text
+
+
 def _epsilon(text: str) -> float:
     try:
         value = float(text)
@@ -282,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     cluster = ev.add_mutually_exclusive_group()
     cluster.add_argument(
-        "--scheduler", metavar="ADDRESS",
+        "--scheduler", type=_address, metavar="ADDRESS",
         help="run on the Dask cluster whose scheduler is at ADDRESS (e.g. "
         "tcp://host:8786); its workers must see the files at the same paths",
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""``python -m smoothce eval`` on Dask: Zarr arrays, and a local or remote cluster.
+"""``python -m smoothce eval`` on Dask: Zarr arrays, shards, a local or remote cluster.
 
 :func:`evaluate_dask` gives the :class:`~smoothce._eval.Report` of
 :func:`~smoothce._eval.evaluate_files` through :func:`smoothce.dask.evaluate`:
@@ -10,6 +10,8 @@
   chunks, and every block is read by the task itself (``np.load(mmap_mode="r")`` on
   the worker): no data passes through the scheduler, and the metrics are those of the
   memmap path bit for bit;
+* a directory of ``shard_*.npy`` files is one array, the shards joined in name order
+  along the first batch axis; blocks are cut within each shard;
 * the computation runs on Dask's threaded scheduler, on a ``distributed`` cluster at
   ``scheduler`` (an address), or on a local cluster of ``dask_workers`` processes
   started here and closed on the way out, whatever happens.
@@ -20,7 +22,7 @@ the whole array, and when the metrics come back undefined (a counted row without
 softmax) a second pass over the blocks finds the first such row.
 
 Nothing here imports Dask until it is used: ``import smoothce._eval_dask`` is free,
-and :func:`is_zarr` tells the command line whether it is needed.
+and :func:`is_zarr` and :func:`is_shards` tell the command line whether it is needed.
 """
 
 from __future__ import annotations
@@ -312,12 +314,13 @@ def _client(scheduler: str | None, dask_workers: int | None) -> Iterator[Any]:
                         f"cannot start a local Dask cluster of {dask_workers} workers: "
                         f"{_one_line(exc) or type(exc).__name__}"
                     ) from None
+            address = cluster if scheduler is None else scheduler
             try:
-                client = distributed.Client(scheduler or cluster, set_as_default=False)
+                client = distributed.Client(address, set_as_default=False)
             except Exception as exc:  # OSError, TimeoutError (an OSError), ValueError
+                where = "local cluster" if scheduler is None else f"scheduler at {scheduler!r}"
                 raise EvalError(
-                    f"cannot connect to the Dask scheduler at {scheduler!r}: "
-                    f"{_one_line(exc) or type(exc).__name__}"
+                    f"cannot connect to the Dask {where}: {_one_line(exc) or type(exc).__name__}"
                 ) from None
         yield client
     finally:

@@ -476,3 +476,11 @@ def test_a_corrupt_row_in_a_shard_is_named_in_the_joined_array(data, tmp_path, c
         *_main(capsys, zs, data / "y.npy", "--ignore-index", -100),
         r"has a non-finite logit in row \[705\]: logits\[705, 4\] = inf;",
     )
+
+
+def test_empty_scheduler_address_is_refused_not_a_new_local_cluster(data, capsys):
+    # Client("") or Client(None) would quietly start a cluster of its own.
+    with pytest.raises(SystemExit) as stop:
+        _cli.main(["eval", str(data / "z32.npy"), str(data / "y.npy"), "--scheduler", " "])
+    assert stop.value.code == 2
+    assert "argument --scheduler: must be a scheduler address" in capsys.readouterr().err
