@@ -119,7 +119,8 @@ def _open(path: str, what: str, along: Callable[[int], int]) -> _Source:
 
     name = f"{what} Zarr array {path!r}"
     try:
-        arr = zarr.open_array(store=path, mode="r")
+        # An absolute path: the store travels to workers whose directory may differ.
+        arr = zarr.open_array(store=os.path.abspath(path), mode="r")
     except Exception as exc:  # zarr raises its own errors, not a documented few
         if "group" in str(exc) or (Path(path) / ".zgroup").is_file():
             raise EvalError(

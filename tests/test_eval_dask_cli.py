@@ -484,3 +484,13 @@ def test_empty_scheduler_address_is_refused_not_a_new_local_cluster(data, capsys
         _cli.main(["eval", str(data / "z32.npy"), str(data / "y.npy"), "--scheduler", " "])
     assert stop.value.code == 2
     assert "argument --scheduler: must be a scheduler address" in capsys.readouterr().err
+
+
+def test_relative_paths_reach_workers_that_run_elsewhere(data, capsys, monkeypatch, scheduler):
+    """The workers' working directory is not the command's: paths travel absolute."""
+    monkeypatch.chdir(data)
+    ref = _report(capsys, "z32.npy", "y.npy")
+    for logits, labels in (("z32.zarr", "y.npy"), ("z32.npy", "y.zarr")):
+        got = _report(capsys, logits, labels, "--scheduler", scheduler)
+        _same(got, ref, rel=0)
+        assert (got["logits"], got["labels"]) == (logits, labels)  # as given
