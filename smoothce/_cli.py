@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -228,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "eval",
         help="metrics of saved logits and labels (.npy, Zarr): loss, NLL, accuracy, ECE",
-        description=(
+        description=textwrap.fill(
             "Evaluate saved model outputs: the label-smoothed loss, the NLL "
             "(plain cross-entropy), perplexity, accuracy and expected calibration error. "
             ".npy files are memory-mapped and streamed in chunks, so they may be larger "
@@ -237,10 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
             "batch axis) is evaluated on Dask, in this process's threads by default; "
             "--dask-workers or "
             "--scheduler run either kind of input on a Dask cluster, whose workers read "
-            "the data themselves (Dask needs: pip install 'smoothce[dask]'). Every way "
+            "the data themselves (Dask needs: pip install 'smoothce[dask]'). Every path "
             "gives the same report. Exit status 2, with a one-line message, on a missing "
             "or unreadable file, a wrong shape, bad labels or non-finite logits (a NaN or "
-            "+inf logit, or a row of -inf, in a counted row)."
+            "+inf logit, or a row of -inf, in a counted row).",
+            width=79,
+            break_on_hyphens=False,
         ),
         epilog=(
             "examples:\n"

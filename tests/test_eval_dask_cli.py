@@ -494,3 +494,13 @@ def test_relative_paths_reach_workers_that_run_elsewhere(data, capsys, monkeypat
         got = _report(capsys, logits, labels, "--scheduler", scheduler)
         _same(got, ref, rel=0)
         assert (got["logits"], got["labels"]) == (logits, labels)  # as given
+
+
+def test_help_names_the_dask_options_and_inputs(capsys):
+    with pytest.raises(SystemExit):
+        _cli.main(["eval", "--help"])
+    text = capsys.readouterr().out
+    for word in ("--scheduler ADDRESS", "--dask-workers N", "Zarr array", "shard_*.npy",
+                 "pip install 'smoothce[dask]'", "--scheduler tcp://host:8786"):  # fmt: skip
+        assert word in text, word
+    assert max(map(len, text.splitlines())) <= 100  # wrapped, not one long line
