@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -113,6 +114,12 @@ def _workers(text: str) -> int:
     if value == 0:
         raise argparse.ArgumentTypeError("must be a non-zero integer (-1 = all cores)")
     return value
+
+
+def _address(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a scheduler address, e.g. tcp://host:8786")
+    return text
 
 
 def _epsilon(text: str) -> float:
@@ -221,21 +228,41 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ev = sub.add_parser(
         "eval",
-        help="metrics of saved logits and labels (.npy): loss, NLL, accuracy, ECE",
-        description=(
+        help="metrics of saved logits and labels (.npy, Zarr): loss, NLL, accuracy, ECE",
+        description=textwrap.fill(
             "Evaluate saved model outputs: the label-smoothed loss, the NLL "
             "(plain cross-entropy), perplexity, accuracy and expected calibration error. "
-            "Both files are memory-mapped and streamed in chunks, so they may be larger "
-            "than memory. Exit status 2, with a one-line message, on a missing or "
-            "unreadable file, a wrong shape, bad labels or non-finite logits (a NaN or "
-            "+inf logit, or a row of -inf, in a counted row)."
+            ".npy files are memory-mapped and streamed in chunks, so they may be larger "
+            "than memory. A Zarr array (a directory holding .zarray or zarr.json) or a "
+            "directory of .npy shards (shard_*.npy, joined in name order along the first "
+            "batch axis) is evaluated on Dask, in this process's threads by default; "
+            "--dask-workers or "
+            "--scheduler run either kind of input on a Dask cluster, whose workers read "
+            "the data themselves (Dask needs: pip install 'smoothce[dask]'). Every path "
+            "gives the same report. Exit status 2, with a one-line message, on a missing "
+            "or unreadable file, a wrong shape, bad labels or non-finite logits (a NaN or "
+            "+inf logit, or a row of -inf, in a counted row).",
+            width=79,
+            break_on_hyphens=False,
         ),
-        epilog="example: python -m smoothce eval logits.npy labels.npy --epsilon 0.1 --json",
+        epilog=(
+            "examples:\n"
+            "  python -m smoothce eval logits.npy labels.npy --epsilon 0.1 --json\n"
+            "  python -m smoothce eval logits.zarr labels.zarr\n"
+            "  python -m smoothce eval logits.zarr labels.npy --dask-workers 2\n"
+            "  python -m smoothce eval logits.zarr labels.zarr --scheduler tcp://host:8786"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ev.add_argument("logits", metavar="LOGITS.npy", help="logits, classes on --axis")
+    ev.add_argument(
+        "logits", metavar="LOGITS.npy",
+        help="logits, classes on --axis: a .npy file, a Zarr array or a directory of "
+        "shard_*.npy files",
+    )  # fmt: skip
     ev.add_argument(
         "labels", metavar="LABELS.npy",
-        help="integer class labels: the logits' shape without the class axis",
+        help="integer class labels, the logits' shape without the class axis: a .npy "
+        "file, a Zarr array or a directory of shard_*.npy files",
     )  # fmt: skip
     ev.add_argument(
         "--epsilon", type=_epsilon, default=0.1,
@@ -262,6 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="progress bar on standard error (default: for logits over 256 MiB on a terminal)",
     )  # fmt: skip
+    cluster = ev.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--scheduler", type=_address, metavar="ADDRESS",
+        help="run on the Dask cluster whose scheduler is at ADDRESS (e.g. "
+        "tcp://host:8786); its workers must see the files at the same paths",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--dask-workers", type=_positive, metavar="N",
+        help="run on a local Dask cluster of N single-threaded worker processes, "
+        "started for this evaluation and stopped after it",
+    )  # fmt: skip
     ev.add_argument("--chunk-elements", type=_positive, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -270,13 +308,30 @@ def run_eval(args: argparse.Namespace) -> int:
     import json
 
     from ._eval import CHUNK_ELEMENTS, EvalError, evaluate_files
+    from ._eval_dask import evaluate_dask, is_shards, is_zarr  # Dask only when it runs
 
+    options: dict[str, Any] = dict(
+        epsilon=args.epsilon, axis=args.axis, ignore_index=args.ignore_index,
+        prior=args.prior, bins=args.bins, progress=args.progress,
+        chunk_elements=args.chunk_elements or CHUNK_ELEMENTS,
+    )  # fmt: skip
+    on_dask = (
+        args.scheduler is not None
+        or args.dask_workers is not None
+        or any(is_zarr(path) or is_shards(path) for path in (args.logits, args.labels))
+    )
     try:
-        report = evaluate_files(
-            args.logits, args.labels, epsilon=args.epsilon, axis=args.axis,
-            ignore_index=args.ignore_index, prior=args.prior, bins=args.bins,
-            progress=args.progress, chunk_elements=args.chunk_elements or CHUNK_ELEMENTS,
-        )  # fmt: skip
+        if on_dask:
+            report = evaluate_dask(
+                args.logits, args.labels, scheduler=args.scheduler,
+                dask_workers=args.dask_workers, **options,
+            )  # fmt: skip
+        else:
+            report = evaluate_files(args.logits, args.labels, **options)
+    except KeyboardInterrupt:
+        # A local cluster is closed by then; no traceback for a deliberate stop.
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import math
+import re
 import struct
 import sys
 from dataclasses import asdict, dataclass
@@ -183,14 +184,16 @@ def _load(path: str, what: str) -> np.ndarray:
 
 def _first_bad_row(
     zc: np.ndarray, yc: np.ndarray, ax: int, ignore_index: int | None
-) -> tuple[tuple[int, ...], int | None, float]:
+) -> tuple[tuple[int, ...], int | None, float] | None:
     """Where the first counted row of the chunk without a softmax is: ``(its batch
     position in the chunk, the class of its first NaN or +inf logit or None when the row
-    is all -inf, that logit)``. Runs only once a chunk is known to have one."""
+    is all -inf, that logit)``, or None when every counted row has a softmax."""
     z = classes_last(np.asarray(zc), ax)
     bad = np.isnan(z).any(axis=-1) | np.isposinf(z).any(axis=-1) | np.isneginf(z).all(axis=-1)
     if ignore_index is not None:
-        bad &= yc != ignore_index
+        bad &= np.asarray(yc) != ignore_index
+    if not bad.any():
+        return None
     pos = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
     row = z[pos]
     hits = np.flatnonzero(np.isnan(row) | np.isposinf(row))
@@ -198,6 +201,70 @@ def _first_bad_row(
         return pos, None, -math.inf
     k = int(hits[0])
     return pos, k, float(row[k])
+
+
+def _bad_row_error(
+    logits_path: str, row: list[int], k: int | None, value: float, ax: int
+) -> EvalError:
+    """The message for a counted row without a softmax at batch position ``row`` (in
+    the file's coordinates; empty for 1-D logits), found by :func:`_first_bad_row`."""
+    where = f"row {row}" if row else "its only row"  # 1-D logits: one row
+    if k is None:
+        return EvalError(
+            f"logits file {logits_path!r} has a row of only -inf logits: {where} "
+            "has no softmax, so the file is corrupt."
+        )
+    index = [*row[:ax], k, *row[ax:]]
+    return EvalError(
+        f"logits file {logits_path!r} has a non-finite logit in {where}: "
+        f"logits{index} = {value!r}; NaN and +inf logits have no softmax, so the "
+        "file is corrupt."
+    )
+
+
+def _layout(
+    logits_path: str,
+    labels_path: str,
+    logits_shape: tuple[int, ...],
+    labels_shape: tuple[int, ...],
+    axis: int,
+) -> tuple[int, tuple[int, ...]]:
+    """``(class axis, batch shape)`` of the two arrays, or the :class:`EvalError` of
+    a scalar, a bad ``axis``, labels of the wrong shape or no rows."""
+    ndim = len(logits_shape)
+    if ndim == 0:
+        raise EvalError(f"logits must have a class axis; {logits_path!r} holds a scalar.")
+    try:
+        ax = check_axis(axis, ndim)
+    except (TypeError, ValueError) as exc:
+        raise EvalError(str(exc)) from None
+    batch = logits_shape[:ax] + logits_shape[ax + 1 :]
+    if labels_shape != batch:
+        raise EvalError(
+            f"labels must have the shape of the logits without the class axis {ax}, "
+            f"{batch}; {labels_path!r} has shape {labels_shape}."
+        )
+    if math.prod(batch) == 0:
+        raise EvalError(
+            f"logits file {logits_path!r} has no rows (shape {logits_shape}); nothing to evaluate."
+        )
+    return ax, batch
+
+
+_LABEL_POSITION = re.compile(r"labels\[([0-9, ]+)\]")
+
+
+def _shift_label_position(message: str, axis: int, start: int) -> str:
+    """A chunk's validation message with its ``labels[...]`` position moved to the
+    file's coordinates: ``start`` added along the labels' chunked ``axis``."""
+
+    def shift(match: re.Match[str]) -> str:
+        idx = [int(i) for i in match.group(1).split(",")]
+        if axis < len(idx):
+            idx[axis] += start
+        return f"labels{idx}"
+
+    return _LABEL_POSITION.sub(shift, message)
 
 
 def _prior(value: str | None) -> Any:
@@ -243,23 +310,8 @@ def evaluate_files(
     """
     z = _load(logits_path, "logits")
     y = _load(labels_path, "labels")
-    if z.ndim == 0:
-        raise EvalError(f"logits must have a class axis; {logits_path!r} holds a scalar.")
-    try:
-        ax = check_axis(axis, z.ndim)
-    except (TypeError, ValueError) as exc:
-        raise EvalError(str(exc)) from None
+    ax, batch = _layout(logits_path, labels_path, z.shape, y.shape, axis)
     K = z.shape[ax]
-    batch = z.shape[:ax] + z.shape[ax + 1 :]
-    if y.shape != batch:
-        raise EvalError(
-            f"labels must have the shape of the logits without the class axis {ax}, "
-            f"{batch}; {labels_path!r} has shape {y.shape}."
-        )
-    if math.prod(batch) == 0:
-        raise EvalError(
-            f"logits file {logits_path!r} has no rows (shape {z.shape}); nothing to evaluate."
-        )
     try:
         bins = _check_bins(bins)
     except (TypeError, ValueError) as exc:
@@ -292,26 +344,20 @@ def evaluate_files(
                 n_bins=bins,
             )  # fmt: skip
         except (TypeError, ValueError) as exc:
-            raise EvalError(str(exc)) from None
+            message = str(exc)
+            if z.ndim > 1:
+                message = _shift_label_position(message, c_lab, start)
+            raise EvalError(message) from None
         if acc.undefined:
             # A counted row without a softmax (NaN loss): find it (only now) and name it
             # in the file's coordinates: the chunk's position along axis c is offset.
-            pos, k, value = _first_bad_row(zc, yc, ax, ignore_index)
+            found = _first_bad_row(zc, yc, ax, ignore_index)
+            assert found is not None  # acc.undefined counts exactly these rows
+            pos, k, value = found
             row = list(pos)
             if z.ndim > 1:
                 row[c_lab] += start
-            where = f"row {row}" if row else "its only row"  # 1-D logits: one row
-            if k is None:
-                raise EvalError(
-                    f"logits file {logits_path!r} has a row of only -inf logits: {where} "
-                    "has no softmax, so the file is corrupt."
-                )
-            index = [*row[:ax], k, *row[ax:]]
-            raise EvalError(
-                f"logits file {logits_path!r} has a non-finite logit in {where}: "
-                f"logits{index} = {value!r}; NaN and +inf logits have no softmax, so the "
-                "file is corrupt."
-            )
+            raise _bad_row_error(logits_path, row, k, value, ax)
         total = acc if total is None else total.merge(acc)
         bar.advance(int(yc.size))
     assert total is not None

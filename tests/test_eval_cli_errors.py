@@ -369,3 +369,31 @@ def test_memory_error_while_computing_is_a_memory_message(good, monkeypatch, cap
         r"error: not enough memory to evaluate '.*logits\.npy': Unable to allocate 7\.28 TiB",
         captured.err,
     ), captured.err
+
+
+@pytest.mark.parametrize("chunk", [None, 500])
+def test_label_out_of_range_is_named_in_file_coordinates_not_the_chunks(tmp_path, chunk):
+    # With chunks of 100 rows, eval named labels[0] for a bad label in row 700: the
+    # position within its chunk.
+    rng = np.random.default_rng(2)
+    np.save(tmp_path / "z.npy", rng.standard_normal((1000, 5)).astype(np.float32))
+    y = rng.integers(0, 5, 1000)
+    y[700], y[800] = 9, -3
+    np.save(tmp_path / "y.npy", y)
+    extra = [] if chunk is None else ["--chunk-elements", chunk]
+    _assert_one_line_error(
+        _run(tmp_path / "z.npy", tmp_path / "y.npy", *extra),
+        r"labels must be class indices in \[0, 5\); got labels\[700\] = 9\.$",
+    )
+
+
+def test_label_position_is_shifted_along_the_chunked_axis_only(tmp_path):
+    rng = np.random.default_rng(3)
+    np.save(tmp_path / "z.npy", rng.standard_normal((40, 5, 3)).astype(np.float32))
+    y = rng.integers(0, 5, (40, 3))
+    y[33, 2] = 5
+    np.save(tmp_path / "y.npy", y)
+    _assert_one_line_error(
+        _run(tmp_path / "z.npy", tmp_path / "y.npy", "--axis", 1, "--chunk-elements", 30),
+        r"got labels\[33, 2\] = 5\.$",
+    )

@@ -1,0 +1,506 @@
+"""`python -m smoothce eval` on Dask (issue 10, item 4): Zarr input, the threaded
+scheduler, ``--dask-workers`` and ``--scheduler``, against the memmap path's report.
+
+Skipped where the `dask` extra is not installed. The cluster for ``--scheduler`` is
+started once for the module (two worker processes) and closed at its end; every
+subprocess has a time limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+zarr = pytest.importorskip("zarr")
+
+import dask  # noqa: E402
+
+from smoothce import _cli  # noqa: E402
+
+TIMEOUT = 120  # seconds for any one subprocess
+N, K = 1000, 7
+# Memmap chunks of 128 rows: several chunks, so block boundaries matter.
+CHUNK = ["--chunk-elements", str(128 * K)]
+
+
+def _zarr(path: Path, a: np.ndarray, chunks: tuple[int, ...], zarr_format: int = 3) -> Path:
+    arr = zarr.create_array(
+        store=str(path), shape=a.shape, chunks=chunks, dtype=a.dtype, zarr_format=zarr_format
+    )
+    arr[...] = a
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """float32 and float64 logits (N, K) and labels with ignored rows, as .npy files and
+    as Zarr arrays: chunks that tile the memmap chunks (64 rows), chunks that do not
+    (100 rows), and chunks across the class axis."""
+    d = tmp_path_factory.mktemp("eval-dask")
+    rng = np.random.default_rng(0)
+    z64 = rng.standard_normal((N, K)) * 3
+    z32 = z64.astype(np.float32)
+    y = rng.integers(0, K, N)
+    y[::9] = -100
+    for name, a in (("z32", z32), ("z64", z64), ("y", y)):
+        np.save(d / f"{name}.npy", a)
+    _zarr(d / "z32.zarr", z32, (64, K))
+    _zarr(d / "z32_100.zarr", z32, (100, K))
+    _zarr(d / "z32_split.zarr", z32, (64, 3))
+    _zarr(d / "z64_100.zarr", z64, (100, K), zarr_format=2)
+    _zarr(d / "y.zarr", y, (100,), zarr_format=2)
+    return d
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """The address of a two-process LocalCluster, closed after the module."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # distributed's notes on its environment
+        cluster = distributed.LocalCluster(
+            n_workers=2,
+            processes=True,
+            threads_per_worker=1,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        )
+    yield cluster.scheduler_address
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster.close()
+
+
+def _main(capsys, *args: object) -> tuple[int, str, str]:
+    status = _cli.main(["eval", *map(str, args)])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def _report(capsys, *args: object) -> dict[str, object]:
+    status, out, err = _main(capsys, *args, "--json", "--ignore-index", -100, *CHUNK)
+    assert status == 0, err
+    report: dict[str, object] = json.loads(out)
+    return report
+
+
+def _same(got: dict[str, object], ref: dict[str, object], rel: float) -> None:
+    """Every number of the report within ``rel``, every count exactly."""
+    for key, value in ref.items():
+        if key in ("logits", "labels"):
+            continue
+        if isinstance(value, float):
+            assert got[key] == pytest.approx(value, rel=rel, abs=0), key
+        else:
+            assert got[key] == value, key
+
+
+def _one_line_error(status: int, out: str, err: str, pattern: str) -> str:
+    assert status == 2, err
+    assert out == ""
+    assert "Traceback" not in err
+    assert err.startswith("error: "), err
+    assert err.count("\n") == 1, err
+    assert re.search(pattern, err), err
+    return err
+
+
+# -- the same report on every path ------------------------------------------------------
+@pytest.mark.parametrize(
+    ("logits", "labels"),
+    [("z32.zarr", "y.zarr"), ("z32.zarr", "y.npy"), ("z32.npy", "y.zarr")],
+)
+def test_zarr_on_the_threaded_scheduler_gives_the_memmap_report(data, capsys, logits, labels):
+    ref = _report(capsys, data / "z32.npy", data / "y.npy")
+    got = _report(capsys, data / logits, data / labels)
+    # Zarr chunks of 64 rows tile the memmap chunks of 128: the same blocks, so the
+    # same values bit for bit (rel=0); .npy files are cut exactly as the memmap path.
+    _same(got, ref, rel=0)
+    assert got["logits"] == str(data / logits)
+
+
+def test_zarr_chunks_that_do_not_tile_the_memmap_chunks(data, capsys):
+    """Blocks of whole storage chunks (100 rows): float64 logits give the memmap report
+    to float64 rounding; float32 per-token values may differ in their last float32 bit
+    (the engine's row sums depend on the block), so the means agree to float32 rounding."""
+    ref = _report(capsys, data / "z64.npy", data / "y.npy")
+    _same(_report(capsys, data / "z64_100.zarr", data / "y.zarr"), ref, rel=1e-12)
+    ref = _report(capsys, data / "z32.npy", data / "y.npy")
+    _same(_report(capsys, data / "z32_100.zarr", data / "y.npy"), ref, rel=4 * 2.0**-24)
+
+
+def test_zarr_chunked_across_the_class_axis_is_read_in_whole_rows_with_one_note(data, capsys):
+    ref = _report(capsys, data / "z32.npy", data / "y.npy")
+    status, out, err = _main(
+        capsys, data / "z32_split.zarr", data / "y.zarr", "--json", "--ignore-index", -100, *CHUNK
+    )
+    assert status == 0, err
+    _same(json.loads(out), ref, rel=0)
+    assert err.count("\n") == 1, err
+    assert re.match(r"note: logits Zarr array '.*z32_split\.zarr' is stored in 3 chunks", err)
+
+
+@pytest.mark.parametrize(
+    ("logits", "labels", "memmap", "rel"),
+    [
+        ("z32.npy", "y.npy", "z32.npy", 0),
+        ("z32.zarr", "y.zarr", "z32.npy", 0),
+        ("z64_100.zarr", "y.npy", "z64.npy", 1e-12),
+    ],
+)
+def test_scheduler_option_gives_the_memmap_report(
+    data, capsys, scheduler, logits, labels, memmap, rel
+):
+    ref = _report(capsys, data / memmap, data / "y.npy")
+    got = _report(capsys, data / logits, data / labels, "--scheduler", scheduler)
+    _same(got, ref, rel=rel)
+
+
+def test_scheduler_option_on_classes_in_the_middle_axis(tmp_path, capsys, scheduler):
+    rng = np.random.default_rng(1)
+    z = (rng.standard_normal((60, 5, 4)) * 2).astype(np.float32)  # classes on axis 1
+    y = rng.integers(0, 5, (60, 4))
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", y)
+    _zarr(tmp_path / "z.zarr", z, (10, 5, 4))
+    args = ("--axis", 1, "--json", "--chunk-elements", 200)  # memmap chunks of 10 rows
+    status, ref, err = _main(capsys, tmp_path / "z.npy", tmp_path / "y.npy", *args)
+    assert status == 0, err
+    for logits in ("z.npy", "z.zarr"):
+        status, out, err = _main(
+            capsys, tmp_path / logits, tmp_path / "y.npy", *args, "--scheduler", scheduler
+        )
+        assert status == 0, err
+        _same(json.loads(out), json.loads(ref), rel=0)
+
+
+def _run(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "smoothce", "eval", *map(str, args)],
+        capture_output=True, text=True, check=False, timeout=TIMEOUT, env=env,
+    )  # fmt: skip
+
+
+def test_dask_workers_start_a_local_cluster_and_give_the_memmap_report(data, capsys):
+    ref = _report(capsys, data / "z32.npy", data / "y.npy")
+    out = _run(
+        data / "z32.zarr", data / "y.npy", "--dask-workers", 2, "--json", "--ignore-index",
+        -100, "--progress", *CHUNK,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    _same(json.loads(out.stdout), ref, rel=0)
+    # distributed's own progress bar, on standard error (standard output is the JSON)
+    assert "100% Completed" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+# -- progress ------------------------------------------------------------------------------
+def test_progress_on_the_threaded_scheduler_is_dasks_bar_on_stderr(data, capsys):
+    status, out, err = _main(capsys, data / "z32.zarr", data / "y.zarr", "--progress", "--json",
+                             "--ignore-index", -100)  # fmt: skip
+    assert status == 0, err
+    json.loads(out)
+    assert "100% Completed" in err
+    status, out, err = _main(capsys, data / "z32.zarr", data / "y.zarr", "--ignore-index", -100)
+    assert (status, err) == (0, "")  # small data, and stderr is not a terminal
+
+
+def test_progress_on_a_cluster(data, capsys, scheduler):
+    status, out, err = _main(capsys, data / "z32.npy", data / "y.npy", "--scheduler", scheduler,
+                             "--progress", "--json", "--ignore-index", -100)  # fmt: skip
+    assert status == 0, err
+    json.loads(out)
+    assert "100% Completed" in err
+
+
+# -- the errors of the memmap path -----------------------------------------------------------
+def _message(err: str) -> str:
+    """The message without the file's name (the .npy and the Zarr path differ)."""
+    return re.sub(r"'[^']*'", "'FILE'", err)
+
+
+@pytest.fixture(params=["threads", "scheduler"])
+def where(request, data):
+    """Extra arguments: the threaded scheduler, or the module's cluster."""
+    if request.param == "threads":
+        return []
+    return ["--scheduler", request.getfixturevalue("scheduler")]
+
+
+@pytest.mark.parametrize(
+    ("edit", "pattern"),
+    [
+        (
+            lambda z, y: z.__setitem__((700, 3), np.nan) or z.__setitem__((900, 1), np.inf),
+            r"has a non-finite logit in row \[700\]: logits\[700, 3\] = nan; NaN and \+inf",
+        ),
+        (
+            lambda z, y: z.__setitem__(300, -np.inf),
+            r"has a row of only -inf logits: row \[300\] has no softmax",
+        ),
+        (
+            lambda z, y: y.__setitem__(650, 11) or y.__setitem__(990, 12),
+            r"labels must be class indices in \[0, 7\) or ignore_index=-100; "
+            r"got labels\[650\] = 11",
+        ),
+        (lambda z, y: y.fill(-100), "no element to evaluate: every label equals ignore_index"),
+    ],
+    ids=["nan", "row of -inf", "label out of range", "all ignored"],
+)
+def test_bad_data_gives_the_memmap_message(tmp_path, capsys, data, where, edit, pattern):
+    z, y = np.load(data / "z32.npy"), np.load(data / "y.npy")
+    y[900] = 3  # a bad row must be counted
+    edit(z, y)
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", y)
+    _zarr(tmp_path / "z.zarr", z, (64, K))
+    _zarr(tmp_path / "y.zarr", y, (100,))
+    ref = _one_line_error(
+        *_main(capsys, tmp_path / "z.npy", tmp_path / "y.npy", "--ignore-index", -100, *CHUNK),
+        pattern,
+    )
+    for logits, labels in (("z.zarr", "y.zarr"), ("z.npy", "y.npy")):
+        if logits == "z.npy" and not where:
+            continue  # .npy without a Dask option is the memmap path itself
+        err = _one_line_error(
+            *_main(capsys, tmp_path / logits, tmp_path / labels, "--ignore-index", -100, *where),
+            pattern,
+        )
+        assert _message(err) == _message(ref)
+
+
+def test_a_corrupt_row_in_one_dimensional_logits_on_a_cluster(tmp_path, capsys, scheduler):
+    np.save(tmp_path / "z.npy", np.array([0.0, np.inf, 1.0]))
+    np.save(tmp_path / "y.npy", np.array(0))
+    _one_line_error(
+        *_main(capsys, tmp_path / "z.npy", tmp_path / "y.npy", "--scheduler", scheduler),
+        r"has a non-finite logit in its only row: logits\[1\] = inf;",
+    )
+
+
+def test_wrong_shape_missing_array_and_group(tmp_path, capsys, data):
+    _zarr(tmp_path / "short.zarr", np.zeros(N - 1, np.int64), (100,))
+    _one_line_error(
+        *_main(capsys, data / "z32.zarr", tmp_path / "short.zarr"),
+        r"labels must have the shape of the logits without the class axis 1, \(1000,\); "
+        r"'.*short\.zarr' has shape \(999,\)",
+    )
+    _one_line_error(
+        *_main(capsys, tmp_path / "nope.zarr", data / "y.zarr"),
+        r"logits file '.*nope\.zarr' does not exist",
+    )
+    zarr.open_group(str(tmp_path / "group.zarr"), mode="w")
+    _one_line_error(
+        *_main(capsys, tmp_path / "group.zarr", data / "y.zarr"),
+        r"logits Zarr array '.*group\.zarr' is a Zarr group, not an array",
+    )
+
+
+@pytest.mark.parametrize("module", ["zarr", "dask", "distributed"])
+def test_missing_extra_says_how_to_install_it(data, capsys, monkeypatch, module):
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now fails
+    extra = ["--dask-workers", 2] if module == "distributed" else []
+    _one_line_error(
+        *_main(capsys, data / "z32.zarr", data / "y.zarr", *extra),
+        rf"'{module}' is not installed: pip install 'smoothce\[dask\]'$",
+    )
+
+
+def test_scheduler_and_dask_workers_are_exclusive(data, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _cli.main(["eval", str(data / "z32.npy"), str(data / "y.npy"),
+                   "--scheduler", "tcp://127.0.0.1:8786", "--dask-workers", "2"])  # fmt: skip
+    assert stop.value.code == 2
+    assert "argument --dask-workers: not allowed with argument --scheduler" in (
+        capsys.readouterr().err
+    )
+
+
+def test_unreachable_scheduler_is_a_one_line_error(data, capsys):
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        _one_line_error(
+            *_main(capsys, data / "z32.npy", data / "y.npy", "--scheduler", "tcp://127.0.0.1:9"),
+            r"cannot connect to the Dask scheduler at 'tcp://127\.0\.0\.1:9': ",
+        )
+
+
+# -- the core stays NumPy-only ------------------------------------------------------------
+def test_memmap_eval_imports_no_dask(data):
+    code = (
+        "import sys; import smoothce; from smoothce import _cli; "
+        f"status = _cli.main(['eval', {str(data / 'z32.npy')!r}, {str(data / 'y.npy')!r}, "
+        "'--ignore-index', '-100', '--json']); "
+        "loaded = sorted(m for m in ('dask', 'distributed', 'zarr') if m in sys.modules); "
+        "print(status, loaded, file=sys.stderr)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=TIMEOUT
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip() == "0 []"
+    assert math.isfinite(json.loads(out.stdout)["nll"])
+
+
+def test_prior_and_epsilon_reach_the_dask_path(data, tmp_path, capsys):
+    u = np.linspace(1, 2, K)
+    np.save(tmp_path / "prior.npy", u / u.sum())
+    for prior in ("others", tmp_path / "prior.npy"):
+        extra = ("--prior", prior, "--epsilon", 0.3)
+        ref = _report(capsys, data / "z32.npy", data / "y.npy", *extra)
+        got = _report(capsys, data / "z32.zarr", data / "y.zarr", *extra)
+        _same(got, ref, rel=0)
+        assert (
+            got["smoothed_loss"]
+            != _report(capsys, data / "z32.npy", data / "y.npy")["smoothed_loss"]
+        )
+
+
+# -- the local cluster is closed whatever happens ----------------------------------------------
+class _Fake:
+    """Stands for distributed.LocalCluster and distributed.Client; records close()."""
+
+    made: ClassVar[list[_Fake]] = []
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.kwargs, self.closed = kwargs, False
+        _Fake.made.append(self)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "message"),
+    [
+        (KeyboardInterrupt(), 130, r"^error: interrupted$"),
+        (ValueError("labels must be class indices"), 2, r"^error: labels must be class indices$"),
+        (
+            RuntimeError("worker died\nlong details"),
+            2,
+            r"^error: the Dask computation failed: RuntimeError: worker died$",
+        ),
+    ],
+    ids=["interrupt", "bad data", "cluster failure"],
+)
+def test_local_cluster_is_closed_on_interrupt_and_errors(
+    data, capsys, monkeypatch, failure, status, message
+):
+    from smoothce import _eval_dask
+
+    _Fake.made = []
+    monkeypatch.setattr(distributed, "LocalCluster", _Fake)
+    monkeypatch.setattr(distributed, "Client", _Fake)
+
+    def fail(*args: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(_eval_dask, "_compute", fail)
+    got, out, err = _main(capsys, data / "z32.npy", data / "y.npy", "--dask-workers", 3)
+    assert (got, out) == (status, "")
+    assert re.match(message, err.strip()), err
+    assert err.count("\n") == 1
+    cluster, client = _Fake.made
+    assert cluster.kwargs == {
+        "n_workers": 3, "threads_per_worker": 1, "processes": True,
+        "dashboard_address": None, "silence_logs": logging.CRITICAL,
+    }  # fmt: skip
+    assert cluster.closed
+    assert client.closed
+
+
+def test_ctrl_c_is_ignored_only_while_the_local_cluster_starts():
+    """Workers spawned meanwhile inherit the ignored SIGINT: a Ctrl-C in the terminal
+    (sent to the whole process group) then stops only the command, which closes them."""
+    import signal
+
+    from smoothce._eval_dask import _sigint_ignored
+
+    before = signal.getsignal(signal.SIGINT)
+    with _sigint_ignored():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+# -- a directory of .npy shards --------------------------------------------------------------
+def _shards(d: Path, a: np.ndarray, cuts: list[int]) -> Path:
+    d.mkdir()
+    for i, (lo, hi) in enumerate(zip([0, *cuts], [*cuts, len(a)], strict=True)):
+        np.save(d / f"shard_{i:03d}.npy", a[lo:hi])
+    return d
+
+
+def test_shards_are_joined_in_name_order(data, tmp_path, capsys, where):
+    z, y = np.load(data / "z64.npy"), np.load(data / "y.npy")
+    # Uneven shards, an empty one, and label shards cut elsewhere than the logits.
+    zs = _shards(tmp_path / "zs", z, [300, 310, 310, 777])
+    ys = _shards(tmp_path / "ys", y, [555])
+    ref = _report(capsys, data / "z64.npy", data / "y.npy")
+    for logits, labels in ((zs, ys), (zs, data / "y.npy"), (data / "z64.npy", ys)):
+        # Blocks end at the shard boundaries: float64 logits agree to float64 rounding.
+        _same(_report(capsys, logits, labels, *where), ref, rel=1e-12)
+
+
+def test_shards_that_do_not_fit_together(data, tmp_path, capsys):
+    z = np.load(data / "z32.npy")
+    zs = _shards(tmp_path / "zs", z, [500])
+    np.save(zs / "shard_002.npy", z[:10, :5])
+    _one_line_error(
+        *_main(capsys, zs, data / "y.npy"),
+        r"logits shards in '.*zs' must have one shape but along axis 0; shard_002\.npy has "
+        r"shape \(10, 5\), shard_000\.npy \(500, 7\)\.",
+    )
+    np.save(zs / "shard_002.npy", z[:10].astype(np.float64))
+    _one_line_error(
+        *_main(capsys, zs, data / "y.npy"),
+        r"logits shards in '.*zs' must share one dtype; shard_002\.npy is float64, "
+        r"shard_000\.npy float32\.",
+    )
+
+
+def test_a_corrupt_row_in_a_shard_is_named_in_the_joined_array(data, tmp_path, capsys):
+    z = np.load(data / "z32.npy")
+    z[705, 4] = np.inf
+    zs = _shards(tmp_path / "zs", z, [300, 700])
+    _one_line_error(
+        *_main(capsys, zs, data / "y.npy", "--ignore-index", -100),
+        r"has a non-finite logit in row \[705\]: logits\[705, 4\] = inf;",
+    )
+
+
+def test_empty_scheduler_address_is_refused_not_a_new_local_cluster(data, capsys):
+    # Client("") or Client(None) would quietly start a cluster of its own.
+    with pytest.raises(SystemExit) as stop:
+        _cli.main(["eval", str(data / "z32.npy"), str(data / "y.npy"), "--scheduler", " "])
+    assert stop.value.code == 2
+    assert "argument --scheduler: must be a scheduler address" in capsys.readouterr().err
+
+
+def test_relative_paths_reach_workers_that_run_elsewhere(data, capsys, monkeypatch, scheduler):
+    """The workers' working directory is not the command's: paths travel absolute."""
+    monkeypatch.chdir(data)
+    ref = _report(capsys, "z32.npy", "y.npy")
+    for logits, labels in (("z32.zarr", "y.npy"), ("z32.npy", "y.zarr")):
+        got = _report(capsys, logits, labels, "--scheduler", scheduler)
+        _same(got, ref, rel=0)
+        assert (got["logits"], got["labels"]) == (logits, labels)  # as given
+
+
+def test_help_names_the_dask_options_and_inputs(capsys):
+    with pytest.raises(SystemExit):
+        _cli.main(["eval", "--help"])
+    text = capsys.readouterr().out
+    for word in ("--scheduler ADDRESS", "--dask-workers N", "Zarr array", "shard_*.npy",
+                 "pip install 'smoothce[dask]'", "--scheduler tcp://host:8786"):  # fmt: skip
+        assert word in text, word
+    assert max(map(len, text.splitlines())) <= 100  # wrapped, not one long line
