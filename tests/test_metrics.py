@@ -316,3 +316,23 @@ def test_weights_beyond_the_engine_range_give_the_weighted_mean(scale, rel):
     assert got_nll == pytest.approx(ref.nll, rel=rel)
     loss = smoothce.cross_entropy(z, y, 0.1, weight=w * scale, ignore_index=-100)
     assert m.loss == pytest.approx(float(loss), rel=rel + 1e-15)
+
+
+@pytest.mark.parametrize("offset", [2.0**20, 1e10, 2.0**44])
+def test_nll_of_shifted_float64_logits_keeps_its_digits(offset):
+    """Regression: the NLL was formed as ``lse - z_y`` with ``lse = log S + max``,
+    so the offset's rounding (ulp(1e10) = 2e-6) landed in a loss of order 1: 9e-8
+    relative error at an offset of 1e10, 2e-3 at 2**44. Softmax is
+    shift-invariant and these shifted logits are exact, so the NLL and the
+    confidence of the ECE must stay those of the unshifted logits to a few float64
+    rounding steps."""
+    z, y = _data(n=200, K=5, scale=2.0)
+    z = np.round(z * 64) / 64  # exactly representable after the shift
+    shifted = z + offset
+    assert np.array_equal(shifted - offset, z)
+    ref = metrics.evaluate(z, y)
+    got = metrics.evaluate(shifted, y)
+    assert got.nll == pytest.approx(ref.nll, rel=1e-14)
+    assert metrics.nll(shifted, y) == pytest.approx(ref.nll, rel=1e-14)
+    assert got.ece == pytest.approx(ref.ece, abs=1e-14)
+    assert got.nll == pytest.approx(float(smoothce.cross_entropy(shifted, y)), rel=1e-14)
