@@ -521,14 +521,29 @@ def _nll_rows(p: Problem, r: _Pass, keep: np.ndarray) -> np.ndarray:
     rounding of log S, as the engine's losses
     (:func:`~smoothce._engine.finish_losses`). It is formed so for every epsilon, so
     that the NLL of :func:`evaluate` and :func:`nll` agree to the bit. The weighted
-    NLL is ``w_y`` times it, in the engine's weight units (those of the denominator).
+    NLL is ``w_y`` times it, in the engine's weight units (those of the denominator),
+    with the engine's two edges: a label of weight 0 adds 0 even where its NLL is
+    infinite (a label logit of -inf), and an NLL beyond float64's range (logits
+    spanning [-1e308, 1e308]) is weighted at a quarter scale, so a small ``w_y``
+    brings it back in range. Both overflow quietly to inf where the value is inf.
     """
-    with np.errstate(invalid="ignore"):  # inf - inf in undefined rows: NaN
+    # inf - inf in undefined rows: NaN; finite logits more than 1.8e308 apart: inf
+    with np.errstate(invalid="ignore", over="ignore"):
         nll_rows = finish_losses(r.log_s - (r.zy - r.ref), None if p.counted is None else keep)
     if p.weight is None:
         return nll_rows
+    w_y = p.weight[p.labels.reshape(-1)]
     with np.errstate(invalid="ignore", over="ignore"):
-        weighted: np.ndarray = p.weight[p.labels.reshape(-1)] * nll_rows
+        weighted: np.ndarray = w_y * nll_rows
+        infinite = nll_rows == np.inf
+        if infinite.any():
+            weighted[infinite & (w_y == 0.0)] = 0.0
+            # Overflowed, not infinite: every part finite. Redo at a quarter scale.
+            over = infinite & (w_y != 0.0) & np.isfinite(r.zy) & np.isfinite(r.ref)
+            over &= np.isfinite(r.log_s)
+            if over.any():
+                quarter = r.log_s[over] / 4 - (r.zy[over] / 4 - r.ref[over] / 4)
+                weighted[over] = (w_y[over] * quarter) * 4
     weighted[~keep] = 0.0
     return weighted
 
