@@ -134,19 +134,6 @@ def _run(call: _Call, workers: Any) -> None:
         call.rows(workers)
 
 
-def _row_losses(p: Problem, workers: Any = None, reduction: str = "mean") -> np.ndarray:
-    """Each element's loss in float64, flat in C order; ignored elements are 0.
-
-    These are the values the engine sums for ``reduction="sum"`` before rounding to
-    the loss dtype, in the units ``reduction`` divides (see :func:`_engine_call`).
-    """
-    call = _engine_call(p, reduction)
-    _run(call, workers)
-    assert call.loss_rows is not None
-    rows: np.ndarray = call.loss_rows.reshape(-1)
-    return rows
-
-
 def _denominator_terms(p: Problem) -> np.ndarray:
     """Each counted element's share of the mean's denominator: ``weight[label]``.
 
