@@ -331,9 +331,18 @@ def _denominator(p: Problem) -> ExactSum:
 def _loss_part(
     s: dict[str, Any], z: np.ndarray, y: np.ndarray, u: Any = None
 ) -> tuple[ExactSum, ExactSum]:
-    """``(exact loss sum, exact mean denominator)`` of one block."""
+    """``(exact loss sum, exact mean denominator)`` of one block.
+
+    The sum is in the engine's weight units, as the engine's own: :func:`_finish_loss`
+    scales the merged sum once (scaling each element would round each one, which
+    for subnormal products is most of their digits).
+    """
     p = _block_problem(s, z, y, u)
-    (total,) = exact_sums(_metrics._row_losses(p, s["workers"], s["reduction"]))
+    call = _metrics._engine_call(p, s["reduction"])
+    call.scale = 1.0  # engine units
+    _metrics._run(call, s["workers"])
+    assert call.loss_rows is not None
+    (total,) = exact_sums(call.loss_rows.reshape(-1))
     return total, _denominator(p)
 
 
@@ -378,7 +387,10 @@ def _tree(parts: list[Any]) -> Any:
     return level[0]
 
 
-def _finish_loss(part: Any, reduction: str, dtype: np.dtype[Any]) -> Any:
+def _finish_loss(part: Any, reduction: str, dtype: np.dtype[Any], scale: float) -> Any:
+    """The reduced loss from the merged ``(sum, denominator)`` in engine units, times
+    ``scale`` (:func:`~smoothce._engine.loss_scale`) once, as
+    :func:`~smoothce._engine.reduce_sums` does in memory."""
     if isinstance(part, _Bad):
         part.raise_()
     total, den = part
@@ -387,6 +399,7 @@ def _finish_loss(part: Any, reduction: str, dtype: np.dtype[Any]) -> Any:
     else:
         # A mean over nothing (zero total weight) is 0.0, as in memory.
         value = total.ratio(den) if den.units > 0 else 0.0
+    value *= scale  # a Python float: overflow gives inf, underflow 0, silently
     return dtype.type(value)
 
 
@@ -419,12 +432,15 @@ def _grad_block(
     grad = np.empty(p.logits_shape, dtype=p.grad_dtype)
     g_moved = np.moveaxis(grad, p.axis, -1)
     call = _Call(replace(p, reduction="none"), s["want_loss"], g_moved)
-    # Losses in the units the reduction divides (the engine's weight units for a
-    # weighted mean of integer labels, whose denominator is in those units too).
-    call.scale = loss_scale(p, reduction)
+    # The gradient in true units (the engine's weight units for a weighted mean of
+    # integer labels, whose denominator is in those units too); the loss part in
+    # engine units, scaled once by `_finish_loss` after the merge.
+    scale = loss_scale(p, reduction)
+    call.c = scale
     if reduction == "mean":
         d = float(den)  # the global denominator, computed from the labels first
-        call.c = call.scale / d if d > 0.0 else 0.0  # as _Call's, global denominator
+        call.c = scale / d if d > 0.0 else 0.0  # as _Call's, global denominator
+    call.scale = 1.0
     rows = None
     if s["want_loss"]:
         call.loss_rows = rows = np.zeros(p.batch_shape, dtype=np.float64)
@@ -495,7 +511,9 @@ def _loss_graph(st: _Setup, workers: Any) -> da.Array:
         )
         for idx, zb, yb, ub in st.delayed_blocks()
     ]
-    total = dask.delayed(_finish_loss, pure=True)(_tree(parts), st.reduction, st.p.scalar_dtype)
+    total = dask.delayed(_finish_loss, pure=True)(
+        _tree(parts), st.reduction, st.p.scalar_dtype, loss_scale(st.p, st.reduction)
+    )
     return da.from_delayed(total, shape=(), dtype=st.p.scalar_dtype)
 
 
@@ -545,7 +563,9 @@ def _loss_from_pairs(st: _Setup, pairs: dict[tuple[int, ...], Any]) -> da.Array:
         original = tuple(c for i, c in enumerate(st.original_chunks) if i != st.ax)
         return loss if loss.chunks == original else loss.rechunk(original)
     parts = [dask.delayed(_first, pure=True)(p) for p in pairs.values()]
-    total = dask.delayed(_finish_loss, pure=True)(_tree(parts), st.reduction, st.p.scalar_dtype)
+    total = dask.delayed(_finish_loss, pure=True)(
+        _tree(parts), st.reduction, st.p.scalar_dtype, loss_scale(st.p, st.reduction)
+    )
     return da.from_delayed(total, shape=(), dtype=st.p.scalar_dtype)
 
 

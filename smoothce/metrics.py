@@ -20,9 +20,11 @@ engine computes every row's (smoothed, weighted) loss from its sum of exponentia
 the metrics: they take the log-sum-exp :math:`\operatorname{lse}(z_i) = \log S_i +
 c_i` from the engine's own sums, and the top class, the row maximum :math:`m_i` and
 the label logit from one more read of the block. Everything else follows in float64
-without another exponential: the NLL :math:`\ell_i = \operatorname{lse}(z_i) -
-z_{i,y_i}` and the confidence :math:`\max_k p_{ik} = e^{m_i -
-\operatorname{lse}(z_i)}`, whatever ``epsilon`` and ``weight`` are.
+without another exponential, in the engine's shifted coordinates (so that the
+logits' offset is never rounded into the result): the NLL :math:`\ell_i =
+\operatorname{lse}(z_i) - z_{i,y_i} = \log S_i - (z_{i,y_i} - c_i)` and the
+confidence :math:`\max_k p_{ik} = e^{m_i - \operatorname{lse}(z_i)} = e^{(m_i -
+c_i) - \log S_i}`, whatever ``epsilon`` and ``weight`` are.
 
 Exact merging
 -------------
@@ -130,19 +132,6 @@ def _run(call: _Call, workers: Any) -> None:
         call.streamed(workers)
     else:
         call.rows(workers)
-
-
-def _row_losses(p: Problem, workers: Any = None, reduction: str = "mean") -> np.ndarray:
-    """Each element's loss in float64, flat in C order; ignored elements are 0.
-
-    These are the values the engine sums for ``reduction="sum"`` before rounding to
-    the loss dtype, in the units ``reduction`` divides (see :func:`_engine_call`).
-    """
-    call = _engine_call(p, reduction)
-    _run(call, workers)
-    assert call.loss_rows is not None
-    rows: np.ndarray = call.loss_rows.reshape(-1)
-    return rows
 
 
 def _denominator_terms(p: Problem) -> np.ndarray:
@@ -415,7 +404,8 @@ class _Pass:
     """Per element (flat, C order) values of one engine pass; see :func:`_one_pass`."""
 
     loss: np.ndarray  # the (smoothed, weighted) loss, float64, units of the mean
-    lse: np.ndarray  # log-sum-exp of the row, float64
+    log_s: np.ndarray  # log S of the row in the engine's shifted coordinates, float64
+    ref: np.ndarray  # the row's shift (lse = log S + ref), float64, exact
     zy: np.ndarray  # label logit, float64 (exact)
     m: np.ndarray | None = None  # row maximum, float64 (exact)
     top1: np.ndarray | None = None  # bool: the label is the argmax
@@ -428,10 +418,10 @@ def _one_pass(p: Problem, top_k: int, workers: Any, scan: bool = True) -> _Pass:
     The engine hands each block to ``observe`` after its exponentials, while the block
     is in cache and, for float16 and integer logits, already converted to the compute
     dtype: the log-sum-exp comes from the engine's own row sums (``lse = log S +
-    ref``), the label logit is gathered, and with ``scan`` the argmax, the row maximum
-    and the top-k test read the converted block once more. Rows longer than a block
-    are streamed: the engine gives their ``(max, S)`` and :func:`_scan` reads them for
-    the rest.
+    ref``, kept as the two parts: see :func:`_nll_rows`), the label logit is
+    gathered, and with ``scan`` the argmax, the row maximum and the top-k test read
+    the converted block once more. Rows longer than a block are streamed: the engine
+    gives their ``(max, S)`` and :func:`_scan` reads them for the rest.
     """
     call = _engine_call(p, "mean")
     # Convert integer blocks once into float64 scratch, as the engine does float16 ones
@@ -439,24 +429,28 @@ def _one_pass(p: Problem, top_k: int, workers: Any, scan: bool = True) -> _Pass:
     # and NumPy's argmax is not vectorised for float16. Exact values, the same bits.
     call.transform = call.transform or p.z.dtype != p.compute_dtype
     shape = p.batch_shape
-    lse = np.empty(shape)
+    log_s = np.empty(shape)
+    ref_a = np.zeros(shape)
     if call.K > BLOCK_ELEMENTS:
 
         def observe_streamed(m_row: np.ndarray, S_row: np.ndarray) -> None:
             with np.errstate(divide="ignore", invalid="ignore"):
-                np.add(np.log(S_row), m_row, out=lse.reshape(-1))
+                np.log(S_row, out=log_s.reshape(-1))
+            ref_a.reshape(-1)[...] = m_row
 
         call.observe_streamed = observe_streamed
         _run(call, workers)
         assert call.loss_rows is not None
         if scan:
             top1, topk, m, zy = _scan(p, top_k)
-            return _Pass(call.loss_rows.reshape(-1), lse.reshape(-1), zy, m, top1, topk)
+            rows = call.loss_rows.reshape(-1)
+            return _Pass(rows, log_s.reshape(-1), ref_a.reshape(-1), zy, m, top1, topk)
         zs = classes_last(p.z, p.axis) if p.axis is not None else p.z
         zy = np.take_along_axis(zs, p.labels[..., np.newaxis], axis=-1)
         return _Pass(
-            call.loss_rows.reshape(-1), lse.reshape(-1), zy.reshape(-1).astype(np.float64)
-        )
+            call.loss_rows.reshape(-1), log_s.reshape(-1), ref_a.reshape(-1),
+            zy.reshape(-1).astype(np.float64),
+        )  # fmt: skip
     zy_a = np.empty(shape)
     m_a = np.empty(shape) if scan else None
     top1_a = np.empty(shape, dtype=bool) if scan else None
@@ -468,12 +462,11 @@ def _one_pass(p: Problem, top_k: int, workers: Any, scan: bool = True) -> _Pass:
         y = p.labels[key].reshape(-1)  # safe labels: ignored elements read class 0
         rows = np.arange(len(y))
         label_logit = z2[rows, y]
-        out = lse[key]
+        out = log_s[key]
         with np.errstate(divide="ignore", invalid="ignore"):  # NaN/inf rows: undefined
-            block_lse = np.log(S)
-            if ref is not None:
-                block_lse += ref
-        out[...] = block_lse.reshape(out.shape)
+            out[...] = np.log(S).reshape(out.shape)
+        if ref is not None:
+            ref_a[key] = ref.reshape(out.shape)
         zy_a[key] = label_logit.reshape(out.shape)
         if m_a is None or top1_a is None or topk_a is None:
             return
@@ -493,7 +486,7 @@ def _one_pass(p: Problem, top_k: int, workers: Any, scan: bool = True) -> _Pass:
         return None if a is None else a.reshape(-1)
 
     return _Pass(
-        call.loss_rows.reshape(-1), lse.reshape(-1), zy_a.reshape(-1),
+        call.loss_rows.reshape(-1), log_s.reshape(-1), ref_a.reshape(-1), zy_a.reshape(-1),
         flat(m_a), flat(top1_a), flat(topk_a),
     )  # fmt: skip
 
@@ -508,18 +501,36 @@ def _nll_rows(p: Problem, r: _Pass, keep: np.ndarray) -> np.ndarray:
     """The NLL per element (weighted by ``w_y`` with class weights), float64, 0
     where not ``keep``.
 
-    ``-log p_y = lse - z_y`` in float64 from the pass's values (a label logit of -inf
-    gives +inf), clamped at 0 against the rounding of lse as the engine's losses
+    ``-log p_y = log S - (z_y - ref)`` in float64 from the pass's values, in the
+    engine's shifted coordinates (a label logit of -inf gives +inf). Never as
+    ``lse - z_y``: ``lse = log S + ref`` would round at the scale of the logits
+    (ulp(1e10) = 2e-6) what is then subtracted away. Clamped at 0 against the
+    rounding of log S, as the engine's losses
     (:func:`~smoothce._engine.finish_losses`). It is formed so for every epsilon, so
     that the NLL of :func:`evaluate` and :func:`nll` agree to the bit. The weighted
-    NLL is ``w_y`` times it, in the engine's weight units (those of the denominator).
+    NLL is ``w_y`` times it, in the engine's weight units (those of the denominator),
+    with the engine's two edges: a label of weight 0 adds 0 even where its NLL is
+    infinite (a label logit of -inf), and an NLL beyond float64's range (logits
+    spanning [-1e308, 1e308]) is weighted at a quarter scale, so a small ``w_y``
+    brings it back in range. Both overflow quietly to inf where the value is inf.
     """
-    with np.errstate(invalid="ignore"):  # inf - inf in undefined rows: NaN
-        nll_rows = finish_losses(r.lse - r.zy, None if p.counted is None else keep)
+    # inf - inf in undefined rows: NaN; finite logits more than 1.8e308 apart: inf
+    with np.errstate(invalid="ignore", over="ignore"):
+        nll_rows = finish_losses(r.log_s - (r.zy - r.ref), None if p.counted is None else keep)
     if p.weight is None:
         return nll_rows
+    w_y = p.weight[p.labels.reshape(-1)]
     with np.errstate(invalid="ignore", over="ignore"):
-        weighted: np.ndarray = p.weight[p.labels.reshape(-1)] * nll_rows
+        weighted: np.ndarray = w_y * nll_rows
+        infinite = nll_rows == np.inf
+        if infinite.any():
+            weighted[infinite & (w_y == 0.0)] = 0.0
+            # Overflowed, not infinite: every part finite. Redo at a quarter scale.
+            over = infinite & (w_y != 0.0) & np.isfinite(r.zy) & np.isfinite(r.ref)
+            over &= np.isfinite(r.log_s)
+            if over.any():
+                quarter = r.log_s[over] / 4 - (r.zy[over] / 4 - r.ref[over] / 4)
+                weighted[over] = (w_y[over] * quarter) * 4
     weighted[~keep] = 0.0
     return weighted
 
@@ -529,14 +540,15 @@ def _accumulate_problem(p: Problem, top_k: int, n_bins: int, workers: Any = None
 
     One engine pass gives the (smoothed, weighted) loss and the log-sum-exp of every
     row; the NLL is ``lse - z_y`` and the confidence ``exp(max - lse)``, formed in
-    float64 from the same values, so nothing is exponentiated twice.
+    float64 from the same values in shifted coordinates (:func:`_nll_rows`), so
+    nothing is exponentiated twice.
     """
     r = _one_pass(p, top_k, workers)
     assert r.m is not None
     assert r.top1 is not None
     assert r.topk is not None
-    lse, m, top1, topk = r.lse, r.m, r.top1, r.topk
-    n = len(lse)
+    m, top1, topk = r.m, r.top1, r.topk
+    n = len(m)
     keep = _keep(p)
     # softmax undefined: a NaN or +inf logit, or every logit -inf (no finite maximum).
     undefined = keep & ~np.isfinite(m)
@@ -544,9 +556,10 @@ def _accumulate_problem(p: Problem, top_k: int, n_bins: int, workers: Any = None
     weighted_nll = _nll_rows(p, r, keep)
     # At epsilon 0 the loss is the NLL, the same bits; else the engine's smoothed loss.
     loss_rows = weighted_nll if p.epsilon == 0.0 else r.loss
-    # Confidence max_k p_k = exp(m - lse): no new pass. Bins are equal-width,
-    # right-closed except the first (as smoothce.calibration).
-    conf = np.exp(np.minimum(m[ok] - lse[ok], 0.0))
+    # Confidence max_k p_k = exp(m - lse) = exp((m - ref) - log S), in the shifted
+    # coordinates as the NLL: no new pass. Bins are equal-width, right-closed except
+    # the first (as smoothce.calibration).
+    conf = np.exp(np.minimum((m[ok] - r.ref[ok]) - r.log_s[ok], 0.0))
     b = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
     right = top1[ok]
     bin_conf = exact_sums(conf, b, n_bins)

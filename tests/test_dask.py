@@ -369,3 +369,35 @@ def test_gradient_of_probability_targets_with_the_mean_reduction():
     zd, qd = da.from_array(z, chunks=(37, 7)), da.from_array(q, chunks=(37, 7))
     grad = sdask.cross_entropy_grad(zd, qd, 0.2).compute(scheduler="sync")
     np.testing.assert_allclose(grad, smoothce.cross_entropy_grad(z, q, 0.2), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+@pytest.mark.parametrize("probabilistic", [False, True])
+def test_sum_with_subnormal_weights_is_rounded_once_as_in_memory(probabilistic, epsilon):
+    """Regression: each block's element losses were scaled back to true units (a
+    subnormal product for weights of ~5e-324) before the exact sum, so every element
+    was rounded to a multiple of 5e-324 and the Dask sum came out 197 units instead
+    of the in-memory (and correctly rounded) 195. The sum is scaled once, at the end,
+    as in memory: the same value for any chunking."""
+    rng = np.random.default_rng(4)
+    n, K = 40, 6
+    z = rng.normal(size=(n, K)) * 2
+    y = rng.integers(0, K, n)
+    y[::5] = -100
+    if probabilistic:
+        labels, kw = rng.dirichlet(np.ones(K), size=n), {}
+    else:
+        labels, kw = y, {"ignore_index": -100}
+    w = np.linspace(1.0, 3.0, K) * 5e-324
+    zd = da.from_array(z, chunks=(7, K))
+    ld = da.from_array(labels, chunks=(7, K) if probabilistic else 7)
+    # The sum is exact in both, then rounded once: equal. The mean divides a rounded
+    # sum in memory and the exact one here: the issue's 1e-12.
+    for reduction, rel in (("sum", 0.0), ("mean", 1e-12)):
+        want = smoothce.cross_entropy(z, labels, epsilon, weight=w, reduction=reduction, **kw)
+        got = sdask.cross_entropy(zd, ld, epsilon, weight=w, reduction=reduction, **kw)
+        assert got.compute(scheduler="sync") == pytest.approx(want, rel=rel, abs=0.0)
+        loss, _ = sdask.cross_entropy_with_grad(
+            zd, ld, epsilon, weight=w, reduction=reduction, **kw
+        )
+        assert loss.compute(scheduler="sync") == pytest.approx(want, rel=rel, abs=0.0)

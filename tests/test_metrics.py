@@ -316,3 +316,59 @@ def test_weights_beyond_the_engine_range_give_the_weighted_mean(scale, rel):
     assert got_nll == pytest.approx(ref.nll, rel=rel)
     loss = smoothce.cross_entropy(z, y, 0.1, weight=w * scale, ignore_index=-100)
     assert m.loss == pytest.approx(float(loss), rel=rel + 1e-15)
+
+
+@pytest.mark.parametrize("offset", [2.0**20, 1e10, 2.0**44])
+def test_nll_of_shifted_float64_logits_keeps_its_digits(offset):
+    """Regression: the NLL was formed as ``lse - z_y`` with ``lse = log S + max``,
+    so the offset's rounding (ulp(1e10) = 2e-6) landed in a loss of order 1: 9e-8
+    relative error at an offset of 1e10, 2e-3 at 2**44. Softmax is
+    shift-invariant and these shifted logits are exact, so the NLL and the
+    confidence of the ECE must stay those of the unshifted logits to a few float64
+    rounding steps."""
+    z, y = _data(n=200, K=5, scale=2.0)
+    z = np.round(z * 64) / 64  # exactly representable after the shift
+    shifted = z + offset
+    assert np.array_equal(shifted - offset, z)
+    ref = metrics.evaluate(z, y)
+    got = metrics.evaluate(shifted, y)
+    assert got.nll == pytest.approx(ref.nll, rel=1e-14)
+    assert metrics.nll(shifted, y) == pytest.approx(ref.nll, rel=1e-14)
+    assert got.ece == pytest.approx(ref.ece, abs=1e-14)
+    assert got.nll == pytest.approx(float(smoothce.cross_entropy(shifted, y)), rel=1e-14)
+
+
+def test_zero_class_weight_on_a_ruled_out_label_counts_nothing_not_nan():
+    """Regression: the weighted NLL was formed as ``w_y * (lse - z_y)``, so a label
+    of weight 0 whose logit is -inf gave ``0 * inf = NaN`` for the NLL (and for the
+    loss at epsilon 0) where :func:`smoothce.cross_entropy` and the metrics before
+    the one-pass rewrite give the weighted mean over the other elements."""
+    z = np.array([[-np.inf, 0.0, 1.0], [0.0, 1.0, 2.0], [2.0, 0.0, -1.0]])
+    y = np.array([0, 1, 2])
+    w = np.array([0.0, 1.0, 2.0])
+    for epsilon in (0.0, 0.1):
+        want = float(smoothce.cross_entropy(z, y, epsilon, weight=w))
+        m = metrics.evaluate(z, y, epsilon, weight=w)
+        assert m.loss == pytest.approx(want, rel=1e-15)
+    want_nll = float(smoothce.cross_entropy(z, y, weight=w))
+    assert np.isfinite(want_nll)
+    assert metrics.evaluate(z, y, 0.1, weight=w).nll == pytest.approx(want_nll, rel=1e-15)
+    assert metrics.nll(z, y, weight=w) == pytest.approx(want_nll, rel=1e-15)
+
+
+def test_nll_beyond_the_float64_range_with_a_small_weight_is_finite_and_quiet():
+    """Regression: ``z_y - max`` of a row spanning [-1e308, 1e308] overflowed in the
+    metrics, with a RuntimeWarning (an error under pytest), and the NLL of weight
+    1e-10 became inf; the engine sums such rows at a quarter scale and gives
+    2e298 (issue 7, item 4)."""
+    z = np.array([[-1e308, 1e308, 0.0], [0.0, 1.0, 2.0]])
+    y = np.array([0, 1])
+    w = np.array([1e-10, 1.0, 1.0])
+    want = float(smoothce.cross_entropy(z, y, weight=w))
+    assert np.isfinite(want)
+    assert metrics.nll(z, y, weight=w) == pytest.approx(want, rel=1e-15)
+    m = metrics.evaluate(z, y, weight=w)
+    assert m.nll == pytest.approx(want, rel=1e-15)
+    assert m.loss == pytest.approx(want, rel=1e-15)
+    # unweighted, the NLL itself is beyond range: inf, quietly
+    assert metrics.nll(z, y) == np.inf
