@@ -45,6 +45,7 @@ __all__ = [
     "hot_dot",
     "hot_subtract",
     "label_denominator",
+    "label_weights",
 ]
 
 _F64 = np.dtype(np.float64)
@@ -72,6 +73,15 @@ def _row_offsets(n: int, K: int) -> np.ndarray:
     return offsets
 
 
+def label_weights(
+    labels: np.ndarray, counted: np.ndarray | None, weight: np.ndarray
+) -> np.ndarray:
+    """``weight[label]`` of each counted element (flat): its share of the weighted
+    mean's denominator. ``labels`` are safe indices (ignored ones replaced by 0)."""
+    w_y: np.ndarray = weight[labels]
+    return w_y.reshape(-1) if counted is None else w_y[counted]
+
+
 def label_denominator(
     n: int, labels: np.ndarray, counted: np.ndarray | None, weight: np.ndarray | None
 ) -> float:
@@ -84,10 +94,7 @@ def label_denominator(
     """
     if weight is None:
         return float(n if counted is None else np.count_nonzero(counted))
-    w_y = weight[labels]
-    if counted is not None:
-        w_y = w_y[counted]
-    return float(w_y.sum())
+    return float(label_weights(labels, counted, weight).sum())
 
 
 class Hot:

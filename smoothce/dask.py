@@ -30,7 +30,6 @@ results first check the labels alone).
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -316,18 +315,6 @@ def _block_problem(s: dict[str, Any], z: np.ndarray, y: np.ndarray, u: Any) -> P
     )
 
 
-def _denominator(p: Problem) -> ExactSum:
-    """The block's share of the ``"mean"`` denominator, exactly (as
-    :func:`smoothce._engine.mean_denominator`)."""
-    if p.probabilistic:
-        return ExactSum(math.prod(p.batch_shape) << 1126)
-    if p.weight is None:
-        n = p.labels.size if p.counted is None else int(np.count_nonzero(p.counted))
-        return ExactSum(n << 1126)
-    (den,) = exact_sums(_metrics._denominator_terms(p))
-    return den
-
-
 def _loss_part(
     s: dict[str, Any], z: np.ndarray, y: np.ndarray, u: Any = None
 ) -> tuple[ExactSum, ExactSum]:
@@ -343,7 +330,7 @@ def _loss_part(
     _metrics._run(call, s["workers"])
     assert call.loss_rows is not None
     (total,) = exact_sums(call.loss_rows.reshape(-1))
-    return total, _denominator(p)
+    return total, _metrics._exact_denominator(p)
 
 
 def _den_part(s: dict[str, Any], y: np.ndarray) -> ExactSum:
@@ -358,7 +345,7 @@ def _den_part(s: dict[str, Any], y: np.ndarray) -> ExactSum:
         z, y, 0.0, axis=-1, reduction="none", prior=None, weight=s["weight"],
         ignore_index=s["ignore_index"], num_classes=None,
     )  # fmt: skip
-    return _denominator(p)
+    return _metrics._exact_denominator(p)
 
 
 def _merge(parts: Sequence[Any]) -> Any:
@@ -451,7 +438,7 @@ def _grad_block(
     part = None
     if rows is not None:
         (total,) = exact_sums(rows)
-        part = (total, _denominator(p))
+        part = (total, _metrics._exact_denominator(p))
     return part, grad
 
 

@@ -48,6 +48,7 @@ import numpy.typing as npt
 from ._engine import _Call, _with_batch_axis, finish_losses, loss_scale
 from ._exact import ExactSum, exact_sums
 from ._stable import BLOCK_ELEMENTS, row_blocks, widen_float16
+from ._terms import label_weights
 from ._validation import Prior, Problem, classes_last, prepare
 from .calibration import BinCounts, _check_bins
 
@@ -119,7 +120,7 @@ def _engine_call(p: Problem, reduction: str) -> _Call:
 
     The losses are in the units ``reduction`` divides (:func:`~smoothce._engine.loss_scale`):
     for a weighted mean of integer labels, the engine's weight units, those of
-    :func:`_denominator_terms`, so the ratio is right for any weights.
+    :func:`_exact_denominator`, so the ratio is right for any weights.
     """
     call = _Call(replace(p, reduction="none"), True, None)
     call.scale = loss_scale(p, reduction)
@@ -134,17 +135,17 @@ def _run(call: _Call, workers: Any) -> None:
         call.rows(workers)
 
 
-def _denominator_terms(p: Problem) -> np.ndarray:
-    """Each counted element's share of the mean's denominator: ``weight[label]``.
-
-    The per-element form of :func:`smoothce._engine.mean_denominator` (integer labels),
-    so that the denominator can be summed exactly across chunks.
-    """
-    assert p.weight is not None
-    w_y: np.ndarray = p.weight[p.labels.reshape(-1)]
-    if p.counted is not None:
-        w_y = w_y[p.counted.reshape(-1)]
-    return w_y
+def _exact_denominator(p: Problem) -> ExactSum:
+    """``p``'s share of the ``"mean"`` denominator, summed exactly, so that chunks'
+    shares add without rounding: :func:`smoothce._engine.mean_denominator`'s rule
+    (elements for probability targets, counted elements, or their ``weight[label]``)."""
+    if p.probabilistic:
+        return ExactSum(math.prod(p.batch_shape) << 1126)
+    if p.weight is None:
+        n = p.labels.size if p.counted is None else int(np.count_nonzero(p.counted))
+        return ExactSum(n << 1126)
+    (den,) = exact_sums(label_weights(p.labels, p.counted, p.weight))
+    return den
 
 
 def _block_rows(p: Problem) -> int:
@@ -445,8 +446,7 @@ def _one_pass(p: Problem, top_k: int, workers: Any, scan: bool = True) -> _Pass:
             top1, topk, m, zy = _scan(p, top_k)
             rows = call.loss_rows.reshape(-1)
             return _Pass(rows, log_s.reshape(-1), ref_a.reshape(-1), zy, m, top1, topk)
-        zs = classes_last(p.z, p.axis) if p.axis is not None else p.z
-        zy = np.take_along_axis(zs, p.labels[..., np.newaxis], axis=-1)
+        zy = np.take_along_axis(classes_last(p.z, p.axis), p.labels[..., np.newaxis], axis=-1)
         return _Pass(
             call.loss_rows.reshape(-1), log_s.reshape(-1), ref_a.reshape(-1),
             zy.reshape(-1).astype(np.float64),
@@ -563,9 +563,8 @@ def _accumulate_problem(p: Problem, top_k: int, n_bins: int, workers: Any = None
     b = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
     right = top1[ok]
     bin_conf = exact_sums(conf, b, n_bins)
-    den = ExactSum()
-    if p.weight is not None:
-        (den,) = exact_sums(_denominator_terms(p))
+    # Unweighted, the mean divides by `counted`; the accumulator keeps no sum then.
+    den = ExactSum() if p.weight is None else _exact_denominator(p)
     (loss_sum,) = exact_sums(loss_rows)
     (nll_sum,) = exact_sums(weighted_nll)
     return Accumulator(
@@ -796,12 +795,7 @@ def nll(
         r = _one_pass(chunk, 1, workers, scan=False)
         (part,) = exact_sums(_nll_rows(chunk, r, _keep(chunk)))
         total += part
-        if chunk.weight is None:
-            n = chunk.labels.size
-            den += ExactSum((n if chunk.counted is None else int(chunk.counted.sum())) << 1126)
-        else:
-            (d,) = exact_sums(_denominator_terms(chunk))
-            den += d
+        den += _exact_denominator(chunk)
     if not total.finite:
         return total.value()
     return total.ratio(den) if den.units else 0.0
