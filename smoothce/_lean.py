@@ -53,7 +53,7 @@ from ._terms import (
     hot_subtract,
     label_denominator,
 )
-from ._validation import Prior, Problem, Reduction, labels_in_range
+from ._validation import UNSCALED_WEIGHTS, Prior, Problem, Reduction, labels_in_range
 
 __all__ = ["lean_call"]
 
@@ -63,7 +63,7 @@ _REDUCTIONS = ("mean", "sum", "none")
 # Weights the general path converts to float64 and uses as given (check_weight's
 # `weight_scale == 1` range); anything else is validated and rescaled there.
 _WEIGHT_DTYPES = (np.dtype(np.float16), _F32, _F64)
-_W_LO, _W_HI = 2.0**-100, 2.0**100
+_W_LO, _W_HI = UNSCALED_WEIGHTS
 _PRIORS = {False: Prior("uniform"), True: Prior("others")}
 # ufunc reductions called directly: the ndarray methods add a Python frame each.
 _min, _max, _sum = np.minimum.reduce, np.maximum.reduce, np.add.reduce

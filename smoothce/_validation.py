@@ -377,6 +377,10 @@ def as_real_array(name: str, values: npt.ArrayLike) -> np.ndarray:
     return arr
 
 
+#: Largest class weights used as given (``scale = 1`` in :func:`check_weight`).
+UNSCALED_WEIGHTS = (2.0**-100, 2.0**100)
+
+
 def check_weight(weight: npt.ArrayLike | None, K: int) -> tuple[np.ndarray | None, float]:
     """Validate class weights; return ``(float64 weights / scale, scale)``.
 
@@ -396,7 +400,8 @@ def check_weight(weight: npt.ArrayLike | None, K: int) -> tuple[np.ndarray | Non
     check_distribution_array("weight", w)
     w = w.astype(np.float64)
     top = float(w.max())
-    if top == 0.0 or 2.0**-100 <= top <= 2.0**100:
+    lo, hi = UNSCALED_WEIGHTS
+    if top == 0.0 or lo <= top <= hi:
         return w, 1.0
     # top = f * 2**e with f in [0.5, 1): dividing by 2**(e - 1) puts the largest
     # weight in [1, 2), and 2**(e - 1) is representable even for top near 1.8e308.
