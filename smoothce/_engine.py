@@ -283,16 +283,14 @@ class _Call:
             self.loss_rows = np.zeros(p.batch_shape, dtype=p.grad_dtype)
         self.fast = p.compute_dtype == np.float32
         # bfloat16 logits: NumPy has no arithmetic of its own for them, so each block is
-        # converted to float32 (exactly) before anything else touches it.
-        self.convert = is_bfloat16(p.z.dtype)
-        # float16 logits too: a table lookup widens them 2.2x faster than NumPy's cast,
-        # which the exp and the sums would otherwise each repeat on the fly; the values
-        # are the cast's, so every later step gives the same bits.
+        # converted to float32 (exactly) before anything else touches it. float16 logits
+        # too: a table lookup widens them 2.2x faster than NumPy's cast, which the exp
+        # and the sums would otherwise each repeat on the fly; the values are the
+        # cast's, so every later step gives the same bits.
         self.half = p.z.dtype == np.float16
-        self.convert = self.convert or self.half
         # Converted or soft-capped logits are formed in per-thread scratch (so an
         # in-place call never reads a gradient entry as a logit).
-        self.transform = self.convert or self.cap is not None
+        self.transform = self.half or is_bfloat16(p.z.dtype) or self.cap is not None
 
     def scratch(self, rows: int, width: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Per-thread buffers for :meth:`load`: ``(logits, z / softcap)``, as needed."""
