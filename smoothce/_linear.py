@@ -23,7 +23,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from ._engine import evaluate, exact_sum, mean_denominators, reduce_sums
+from ._engine import evaluate
+from ._scaling import Scaling, exact_sum
 from ._validation import Problem, as_array, is_bfloat16, plain, prepare
 
 __all__ = [
@@ -178,7 +179,8 @@ class _Head:
 
     def run(self, want_grad: bool, workers: Any) -> tuple[Any, LinearGrads | None]:
         p, N, V, d, dt = self.p, self.N, self.V, self.d, self.dtype
-        dens = mean_denominators(p) if p.reduction == "mean" else None
+        # The whole batch's scaling (mean denominators), shared by every block.
+        scaling = Scaling.of(p)
         rows = max(1, min(N, self.workspace // (V * dt.itemsize)))
         ws = np.empty((rows, V), dtype=dt)
         Wc = self.classifier.astype(dt, copy=False)
@@ -210,8 +212,10 @@ class _Head:
             np.matmul(hb, Wc.T, out=z)
             if bc is not None:
                 z += bc
-            blk = self._block(r0, r1, z, dens)
-            loss, _ = evaluate(blk, grad=z if want_grad else None, workers=workers, sums=True)
+            blk = self._block(r0, r1, z)
+            loss, _ = evaluate(
+                blk, grad=z if want_grad else None, workers=workers, scaling=scaling, sums=True
+            )
             if loss_rows is not None:
                 loss_rows[r0:r1] = loss
             else:
@@ -233,7 +237,7 @@ class _Head:
         if loss_rows is not None:
             total: Any = loss_rows.reshape(self.labels_shape)
         else:
-            total = reduce_sums(p, exact_sum(ce_parts), exact_sum(z_parts))
+            total = scaling.reduce(exact_sum(ce_parts), exact_sum(z_parts), p.scalar_dtype)
         if not want_grad:
             return total, None
         assert dh is not None
@@ -245,7 +249,7 @@ class _Head:
         )
         return total, grads
 
-    def _block(self, r0: int, r1: int, z: np.ndarray, dens: tuple[float, float] | None) -> Problem:
+    def _block(self, r0: int, r1: int, z: np.ndarray) -> Problem:
         """The engine's problem for rows ``[r0, r1)`` whose logits are ``z``."""
         p = self.p
         return replace(
@@ -254,7 +258,6 @@ class _Head:
             logits_shape=z.shape,
             labels=p.labels[r0:r1],
             counted=None if p.counted is None else p.counted[r0:r1],
-            mean_denominators=dens,
         )
 
     @staticmethod

@@ -8,15 +8,14 @@ non-negative number: no cancellation. The textbook ``log(softmax(z))`` instead r
 small probabilities to 0 and returns ``-inf``; ``logsumexp(z) - z_k`` on unshifted
 logits near 3e4 loses every digit of a loss near 1 in float32.
 
-Arrays are processed in row blocks of at most :data:`BLOCK_ELEMENTS` elements, so the
-workspace is bounded independently of the batch size.
+Arrays are processed in row blocks of at most
+:data:`smoothce._engine.BLOCK_ELEMENTS` elements, so the workspace is bounded
+independently of the batch size.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import math
 from collections.abc import Iterator
 from math import prod
 from typing import Any
@@ -24,25 +23,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ._compat import c_einsum
 from ._validation import check_logits, classes_last, compute_dtypes
 
-
-def _find_c_einsum() -> Any:
-    """NumPy's C einsum (``numpy._core`` in NumPy 2, ``numpy.core`` in 1.x), else
-    :func:`numpy.einsum`, which calls it."""
-    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        try:
-            return importlib.import_module(module).c_einsum
-        except (ImportError, AttributeError):
-            continue
-    return np.einsum  # pragma: no cover
-
-
-_c_einsum: Any = _find_c_einsum()
-
 __all__ = [
-    "BLOCK_ELEMENTS",
-    "fast_exp_bounds",
     "is_view_of",
     "log_softmax",
     "row_blocks",
@@ -51,14 +35,6 @@ __all__ = [
     "store_float16",
     "widen_float16",
 ]
-
-#: Elements per block: 2**17 float32 values are 512 KiB, half of one core's L2 cache
-#: here, so a block is read from memory once and its later passes (sums, scaling) hit
-#: the cache. Smaller blocks cost more in per-call overhead than they gain (2**16
-#: made the forward pass 1.4x slower than 2**18 at (8192, 1000) float32); larger ones
-#: break the memory budget of the loss-only path, one workspace per thread within 5%
-#: of the logits' size at (8192, 1000) float32 with two threads.
-BLOCK_ELEMENTS = 1 << 17
 
 #: Classes summed by one einsum accumulation; longer rows are cut into chunks of this
 #: many whose sums are added in float64. einsum accumulates sequentially in SIMD
@@ -117,9 +93,9 @@ def row_sums(x: np.ndarray) -> np.ndarray:
         # its Python wrapper, and without `dtype=` when none is needed: 1.5 us against
         # 5.4 us at (32, 10), where the wrapper and the casting setup were most of it.
         if x.dtype == np.float32 or x.dtype == np.float64:
-            sums: np.ndarray = _c_einsum("ij->i", x).astype(np.float64, copy=False)
+            sums: np.ndarray = c_einsum("ij->i", x).astype(np.float64, copy=False)
         else:
-            sums = _c_einsum("ij->i", x, dtype=np.promote_types(x.dtype, np.float32))
+            sums = c_einsum("ij->i", x, dtype=np.promote_types(x.dtype, np.float32))
             sums = sums.astype(np.float64)
         return sums
     acc = np.promote_types(x.dtype, np.float32)
@@ -130,31 +106,6 @@ def row_sums(x: np.ndarray) -> np.ndarray:
     if whole < k:
         total += np.einsum("ij->i", x[:, whole:], dtype=acc)
     return total
-
-
-@functools.lru_cache(maxsize=64)
-def fast_exp_bounds(K: int) -> tuple[float, float]:
-    """Range ``(lo, hi)`` of ``S = sum_k exp(z_k)`` in which the unshifted fast path holds.
-
-    The fast path exponentiates ``z`` without subtracting the row maximum ``m``.
-    Rounding is relative, so ``exp(z_k)`` is as accurate as ``exp(z_k - m)`` (more:
-    its argument is not rounded) and ``S`` as accurate as the shifted sum, unless
-    something overflows or the largest term underflows. Both are excluded by
-    ``|log S| <= L`` with ``L = max(2 ln K, 8)``: then ``exp(z_k) <= S <= e^L`` and,
-    since ``e^m <= S <= K e^m``, ``m >= -L - ln K`` so the largest term is a normal
-    float32 (terms below float32's smallest normal, e^-87, change ``S`` by less than
-    ``K e^-39`` relative).
-
-    What the shift still buys is the uniform-prior term, which sums ``z`` instead of
-    ``s = z - m``: a summation error ``gamma * sum|z_k|`` instead of
-    ``gamma * sum|s_k|``. Relative to that term, ``eps (lse - mean z)``, the error is
-    at most ``gamma (1 + |m| / ln K)`` (because ``mean|z| <= (m - mean z) + |m|`` and
-    ``lse - mean z >= max(m - mean z, ln K)``), and ``|m| <= L + ln K`` makes it at
-    most ``(2 + L / ln K)`` times the shifted path's bound ``gamma``: 4x for K >= 55.
-    Rows outside the range are recomputed with the shift.
-    """
-    L = max(2.0 * math.log(K), 8.0) if K > 1 else 8.0
-    return math.exp(-L), math.exp(L)
 
 
 def shift_rows(z: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -231,6 +182,8 @@ def log_softmax(logits: npt.ArrayLike, axis: int = -1) -> np.ndarray:
     out = np.empty(z_in.shape, dtype=out_dtype)
     z = classes_last(z_in, ax)
     res = classes_last(out, ax)
+    from ._engine import BLOCK_ELEMENTS  # the engine's setting, read at call time
+
     rows = max(1, BLOCK_ELEMENTS // K)
     s_buf = np.empty((min(rows, max(1, prod(z.shape[:-1]))), K), dtype=compute_dtype)
     e_buf = np.empty_like(s_buf)

@@ -11,7 +11,8 @@ loss of one row in coordinates ``x = z - c`` (any per-row reference ``c``) is
 and its gradient is ``W p - w q``. This module computes ``W``, ``T`` and the
 ``- w q`` part of the gradient without building ``q`` for integer labels:
 
-* label part, one-hot ``t``: ``W_t = w_y``, ``T_t = w_y x_y`` (one gather per row);
+* label part, one-hot ``t``: ``W_t = w_y``, ``T_t = w_y log e_y`` (one gather per row),
+  where ``e_y`` is the label's exponential as the engine computed it (see below);
 * uniform prior: ``W_u = mean(w)``, ``T_u = sum_k w_k x_k / K`` (a row sum);
 * ``"others"``: the uniform sums over ``K - 1`` classes minus the label's share;
 * class prior ``u``: ``T_u = x @ (w u)``; per-sample prior: a row-wise dot product.
@@ -19,6 +20,15 @@ and its gradient is ``W p - w q``. This module computes ``W``, ``T`` and the
 Every quantity is restricted to a *window* of classes ``[k0, k1)``: the whole row for
 ordinary blocks, one chunk of it when a row is too long for one block and is
 streamed (:mod:`smoothce._engine` then adds the windows up).
+
+The label term reads ``log e_y`` rather than ``x_y``: the two differ by the rounding
+of one exponential (at most about one unit in the last place of ``e_y``), but ``S``
+contains that same rounded ``e_y``, so in ``W log S - T`` it cancels. A row whose
+softmax is one-hot (``S == e_y``) then costs exactly 0, and a confident row's small
+loss ``log(1 + sum_{k != y} e_k / e_y)`` keeps its relative accuracy instead of
+carrying an absolute error of one rounding of ``e_y``. Where ``e_y`` is not a normal
+number (a label logit more than ~87 below the row's reference in float32) its log is
+not accurate and ``x_y`` is used.
 
 Masked classes: a ``-inf`` logit gives ``x_k = -inf``; where ``q_k = 0`` the term
 ``q_k x_k`` must count as 0 (``0 log 0 = 0``), but floating point says NaN. The fast
@@ -33,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from ._stable import Key, fast_exp_bounds, row_sums
+from ._stable import Key, row_sums
 from ._targets import dense_targets
 from ._validation import Prior, Problem
 
@@ -41,10 +51,12 @@ __all__ = [
     "Block",
     "Hot",
     "Terms",
+    "common_terms",
     "hot_constants",
-    "hot_dot",
+    "hot_dot_rest",
     "hot_subtract",
     "label_denominator",
+    "label_logs",
     "label_weights",
 ]
 
@@ -101,19 +113,19 @@ class Hot:
     """Constants of the common case: integer labels over whole rows, no class weights,
     the uniform or ``"others"`` prior (PyTorch's default and fairseq's variant).
 
-    Its terms need one row sum and one gather (:func:`hot_dot`), its gradient one
+    Its terms need one row sum and two gathers (:func:`hot_dot_rest`,
+    :func:`label_logs`), its gradient one
     scalar subtract and one scatter (:func:`hot_subtract`), and its mass ``W`` is the
     same on every row. Both the general engine and the lean path for small calls
     (:mod:`smoothce._lean`) take these constants from here.
     """
 
-    __slots__ = ("K", "W", "a", "at_label", "eps", "others", "p_const", "share")
+    __slots__ = ("K", "W", "a", "eps", "others", "p_const", "share")
 
     def __init__(self, K: int, eps: float, others: bool) -> None:
         self.K, self.eps, self.a, self.others = K, eps, 1.0 - eps, others
         self.p_const = 1.0 / (K - 1 if others else K)
         self.share = eps * self.p_const  # epsilon * u_k on every class
-        self.at_label = self.a - self.share if others else self.a  # coefficient of x_y in T
         # a * 1 + eps * (sum of u over the classes, minus the label's share for "others"),
         # in this order: the loss multiplies by W only when it is not exactly 1.
         mass = self.a + eps * (self.p_const * K)
@@ -128,23 +140,65 @@ def hot_constants(K: int, eps: float, others: bool) -> Hot:
     return Hot(K, eps, others)
 
 
-def hot_dot(x: np.ndarray, flat_labels: np.ndarray, hot: Hot) -> np.ndarray:
-    """``T = eps u0 sum_k x_k + (a - eps u0 [others]) x_y`` per row, in float64.
+_PRIORS = {False: Prior("uniform"), True: Prior("others")}
+
+
+@functools.lru_cache(maxsize=64)
+def common_terms(K: int, eps: float, others: bool) -> Terms:
+    """:class:`Terms` of the common case (integer labels over whole rows, no weights,
+    uniform or ``"others"`` prior), cached: training loops repeat the same (K, eps)."""
+    return Terms(K, eps, _PRIORS[others])
+
+
+def hot_dot_rest(
+    x: np.ndarray, flat_labels: np.ndarray, hot: Hot, want_x_y: bool
+) -> tuple[Any, np.ndarray | None]:
+    """``(T without its label term, x_y)`` per row, in float64, for :class:`Hot`.
 
     ``x`` is a C-contiguous (rows, K) block; ``flat_labels`` the labels' positions in it
-    when flattened.
+    when flattened. The rest of ``T`` is ``eps u0 sum_k x_k`` (minus the label's share
+    ``eps u0 x_y`` for ``"others"``); it is the scalar 0.0 without smoothing. ``x_y``
+    is gathered when asked for or needed ("others"), else None.
     """
-    # The label logits are gathered into float64 before they meet the Python float
-    # `at_label`: NumPy keeps `float * float16_array` in float16, which rounded the loss
-    # of float16 logits to 11 bits (3e-4 relative error).
-    x_y: np.ndarray = x.reshape(-1).take(flat_labels).astype(_F64)
-    x_y *= hot.at_label  # in place: the same products, one array fewer
+    x_y = None
+    if want_x_y or (hot.others and hot.share != 0.0):
+        # Gathered into float64 before they meet a Python float: NumPy keeps
+        # `float * float16_array` in float16 (11 bits).
+        x_y = x.reshape(-1).take(flat_labels).astype(_F64)
     if hot.share == 0.0:
-        return x_y
-    T = row_sums(x)
-    T *= hot.share
-    T += x_y
-    return T
+        return 0.0, x_y
+    rest = row_sums(x)
+    rest *= hot.share
+    if hot.others:
+        assert x_y is not None
+        rest -= hot.share * x_y
+    return rest, x_y
+
+
+def label_logs(
+    e: np.ndarray, flat_labels: np.ndarray, x_y: np.ndarray | None, normal: bool
+) -> np.ndarray:
+    """``log e_y`` per row (float64) from the exponentials ``e`` (C-contiguous block),
+    or ``x_y`` where ``e_y`` is not a normal number of its dtype.
+
+    ``normal`` says that the caller knows every ``e_y`` to be normal (the engine's
+    unshifted blocks, whose logits lie in a bounded range), which skips the test.
+    """
+    return _logs(e.reshape(-1).take(flat_labels), x_y, normal)
+
+
+def _logs(e_y: np.ndarray, x_y: np.ndarray | None, normal: bool) -> np.ndarray:
+    """``log e_y`` in float64, ``x_y`` where ``e_y`` is not normal (see :func:`label_logs`).
+
+    ``x_y`` may be None only when ``normal``."""
+    logs: np.ndarray = np.log(e_y, dtype=_F64)
+    if not normal and len(e_y):
+        assert x_y is not None
+        tiny = np.finfo(e_y.dtype).tiny
+        if not e_y.min() >= tiny:  # NaN rows: their x_y is NaN too
+            keep = ~(e_y >= tiny)
+            logs[keep] = x_y[keep]
+    return logs
 
 
 def hot_subtract(g: np.ndarray, flat_labels: np.ndarray, hot: Hot, c: float) -> None:
@@ -210,6 +264,17 @@ class Block:
             u = u if full else u[:, k0:k1]
         self.u: np.ndarray | None = u
 
+    @classmethod
+    def whole_rows(cls, labels: np.ndarray, counted: np.ndarray | None, K: int) -> Block:
+        """The block of a 1-D array of safe integer ``labels`` over all ``K`` classes,
+        built directly (no ``Problem``): the lean path's block."""
+        blk = cls.__new__(cls)
+        blk.K, blk.n, blk.counted, blk.t, blk.u = K, labels.shape[0], counted, None, None
+        blk.labels = blk.label_cols = labels
+        blk.label_rows = slice(None)
+        blk.flat_labels = _row_offsets(blk.n, K) + labels
+        return blk
+
     @property
     def global_labels(self) -> np.ndarray:
         assert self.labels is not None
@@ -225,21 +290,6 @@ class Block:
         assert self.u is not None
         return self.u
 
-    def subset(self, which: np.ndarray) -> Block:
-        """The same targets for the rows ``which`` only (whole-row windows)."""
-        assert isinstance(self.label_rows, slice), "subsets are taken of whole rows"
-        sub = Block.__new__(Block)
-        sub.n = len(which)
-        sub.counted = None if self.counted is None else self.counted[which]
-        sub.t = None if self.t is None else self.t[which]
-        sub.labels = None if self.labels is None else self.labels[which]
-        sub.label_rows = slice(None)
-        sub.label_cols = sub.labels
-        sub.K = self.K
-        sub.flat_labels = None if sub.labels is None else np.arange(sub.n) * self.K + sub.labels
-        sub.u = None if self.u is None else self.u[which]
-        return sub
-
     def label_positions(self) -> tuple[Any, np.ndarray]:
         """``(rows, local columns)`` of the labels that fall in this block's window."""
         if self.label_cols is None:
@@ -249,34 +299,46 @@ class Block:
 
 
 class Terms:
-    """Per-call constants of the closed form for the classes ``[k0, k1)``."""
+    """Per-call constants of the closed form for the classes ``[k0, k1)``.
 
-    def __init__(self, p: Problem, k0: int = 0, k1: int | None = None) -> None:
-        K, eps = p.num_classes, p.epsilon
+    Built from a :class:`~smoothce._validation.Problem` (:meth:`of`), or for the common
+    case of integer labels with the uniform or ``"others"`` prior and no weights
+    directly (:func:`common_terms`, which the lean path uses without a ``Problem``).
+    """
+
+    def __init__(
+        self,
+        K: int,
+        eps: float,
+        prior: Prior,
+        weight: np.ndarray | None = None,
+        probabilistic: bool = False,
+        k0: int = 0,
+        k1: int | None = None,
+    ) -> None:
         k1 = K if k1 is None else k1
         self.K, self.k0, self.k1 = K, k0, k1
         self.eps, self.a = eps, 1.0 - eps
-        self.w_all = p.weight
-        self.w = None if p.weight is None else p.weight[k0:k1]
-        self.probabilistic = p.probabilistic
-        self.prior = p.prior
-        self.dtype = p.compute_dtype
+        self.w_all = weight
+        self.w = None if weight is None else weight[k0:k1]
+        self.probabilistic = probabilistic
+        self.prior = prior
         # Uniform, "others" and class priors make the prior term a dot product of x
         # with one vector; without weights the vector is constant and a row sum
         # replaces the dot product.
         self.p_const: float | None = None
         self.p_vec: np.ndarray | None = None
         self.p_vec_all: np.ndarray | None = None
-        kind = p.prior.kind
+        kind = prior.kind
         if kind in ("uniform", "others"):
             share = 1.0 / (K if kind == "uniform" else K - 1)
-            if p.weight is None:
+            if weight is None:
                 self.p_const = share
             else:
-                self.p_vec_all = p.weight * share
+                self.p_vec_all = weight * share
         elif kind == "class":
-            assert p.prior.values is not None
-            self.p_vec_all = p.prior.values if p.weight is None else p.prior.values * p.weight
+            assert prior.values is not None
+            self.p_vec_all = prior.values if weight is None else prior.values * weight
         if self.p_vec_all is not None:
             self.p_vec = self.p_vec_all[k0:k1]
         self.others = kind == "others"
@@ -284,15 +346,19 @@ class Terms:
         # whole rows with the same prior share on every class. Its terms need one row
         # sum and one gather, and its gradient one scalar subtract and one scatter.
         self.hot: Hot | None = None
-        if not p.probabilistic and self.p_const is not None and k0 == 0 and k1 == K:
+        if not probabilistic and self.p_const is not None and k0 == 0 and k1 == K:
             self.hot = hot_constants(K, eps, self.others)
-        self.fast_range = fast_exp_bounds(K)
         # sum over the window of w_k u_k, before "others" removes the label's share.
         self.prior_mass = (
             float(self.p_vec.sum())
             if self.p_vec is not None
             else (self.p_const or 0.0) * (k1 - k0)
         )
+
+    @classmethod
+    def of(cls, p: Problem, k0: int = 0, k1: int | None = None) -> Terms:
+        """The terms of ``p`` over the classes ``[k0, k1)`` (default: all of them)."""
+        return cls(p.num_classes, p.epsilon, p.prior, p.weight, p.probabilistic, k0, k1)
 
     # -- helpers ---------------------------------------------------------------
     def _label_weight(self, blk: Block) -> Any:
@@ -357,25 +423,29 @@ class Terms:
                     W = W - (share if full else self._at_labels(share, blk))
         return W
 
-    def dot(self, x: np.ndarray, blk: Block) -> np.ndarray:
-        """``T = sum_k w_k q_k x_k`` over the window, per row, in float64.
+    def dot_rest(
+        self, x: np.ndarray, blk: Block, want_x_y: bool = True
+    ) -> tuple[Any, np.ndarray | None]:
+        """``T = sum_k w_k q_k x_k`` over the window without its label term, per row
+        (float64, or the scalar 0.0), and ``x_y`` of the rows whose label lies in the
+        window (None for probability targets, and in the common case unless
+        ``want_x_y``).
 
-        ``x`` has shape (rows, window). May leave NaN in rows with a ``-inf`` entry;
-        :meth:`exact_dot` repairs them.
+        ``x`` has shape (rows, window). The label term ``(1 - eps) w_y log e_y`` needs
+        the exponentials: :meth:`add_label_term` adds it. May leave NaN in rows with a
+        ``-inf`` entry; :meth:`exact_dot` repairs them.
         """
         if self.hot is not None:
             assert blk.flat_labels is not None
-            return hot_dot(x, blk.flat_labels, self.hot)
+            return hot_dot_rest(x, blk.flat_labels, self.hot, want_x_y)
         T = np.zeros(x.shape[0], dtype=_F64)
         w, a, eps = self.w, self.a, self.eps
         x_y = None
         if not self.probabilistic:
             rows, cols = blk.label_positions()
             x_y = x[rows, cols].astype(_F64)
-        if a != 0.0:  # label part
-            if x_y is not None:
-                T[blk.label_rows] += a * (self._label_weight(blk) * x_y)
-            elif w is None:
+        elif a != 0.0:  # the targets' part
+            if w is None:
                 T += a * _dot64("ik,ik->i", blk.targets, x)
             else:
                 T += a * _dot64("ik,k,ik->i", blk.targets, w, x)
@@ -395,7 +465,39 @@ class Terms:
                     # u is zero on the label: take the label's term back out.
                     assert x_y is not None
                     T[blk.label_rows] -= eps * self._prior_share_at_label(blk) * x_y
-        return T
+        return T, x_y
+
+    def label_logs(
+        self, e: np.ndarray, blk: Block, x_y: np.ndarray | None, normal: bool
+    ) -> np.ndarray:
+        """``log e_y`` (float64) of the rows whose label lies in the window, from the
+        block's exponentials ``e = exp(x)``; ``x_y`` (from :meth:`dot_rest`) where
+        ``e_y`` is not normal (``normal``: the caller knows it is, everywhere)."""
+        if self.hot is not None:
+            assert blk.flat_labels is not None
+            return label_logs(e, blk.flat_labels, x_y, normal)
+        rows, cols = blk.label_positions()
+        return _logs(e[rows, cols], x_y, normal)
+
+    def add_label_term(self, T: Any, logs: np.ndarray | None, blk: Block) -> np.ndarray:
+        """``T + (1 - eps) w_y log e_y`` for the rows whose label lies in the window
+        (``logs`` from :meth:`label_logs`; None for probability targets)."""
+        if logs is None or self.a == 0.0:
+            result: np.ndarray = np.broadcast_to(T, (blk.n,)) if np.ndim(T) == 0 else T
+            return result
+        if self.hot is not None:
+            scalar = isinstance(T, float)  # T is the scalar 0.0 without smoothing
+            if self.a == 1.0:
+                # A new array either way: `logs` goes to the observer unchanged.
+                term: np.ndarray = logs.copy() if scalar else logs + T
+                return term
+            term = logs * self.a
+            if not scalar:
+                term += T
+            return term
+        T[blk.label_rows] += self.a * (self._label_weight(blk) * logs)
+        result = T
+        return result
 
     def exact_dot(
         self, z: np.ndarray, ref: np.ndarray | None, blk: Block, which: np.ndarray

@@ -21,7 +21,7 @@ import dask  # noqa: E402
 import smoothce  # noqa: E402
 import smoothce.dask as sdask  # noqa: E402
 from smoothce import metrics  # noqa: E402
-from smoothce._stable import BLOCK_ELEMENTS  # noqa: E402
+from smoothce._engine import BLOCK_ELEMENTS  # noqa: E402
 
 TIMEOUT = 120  # seconds for any one computation on the cluster
 

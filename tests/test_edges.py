@@ -300,7 +300,7 @@ def test_loss_allocates_a_bounded_workspace(target, options, workers):
     logits, however large the batch."""
     import tracemalloc
 
-    from smoothce._stable import BLOCK_ELEMENTS
+    from smoothce._engine import BLOCK_ELEMENTS
 
     rng = np.random.default_rng(8)
     N, K = 20_000, 100
