@@ -15,6 +15,7 @@ its own threads.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import replace
@@ -85,6 +86,25 @@ def _check_workspace(workspace: Any) -> int:
     if int(workspace) < 1:
         raise ValueError(f"workspace must be a positive number of bytes; got {int(workspace)}.")
     return int(workspace)
+
+
+def logits_into(
+    hidden: np.ndarray, classifier: np.ndarray, bias: np.ndarray | None, out: np.ndarray
+) -> np.ndarray:
+    """``hidden @ classifier.T + bias`` in the first ``len(hidden)`` rows of ``out``
+    (of the compute dtype; ``classifier`` and ``bias`` already in it): one BLAS
+    product, ``hidden`` (rows, d) converted to the compute dtype first if need be.
+
+    A product beyond the compute dtype's range is ``inf`` and ``inf * 0`` NaN, as in
+    the unfused computation, without NumPy's warnings.
+    """
+    z = out[: hidden.shape[0]]
+    hb = hidden.astype(out.dtype, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.matmul(hb, classifier.T, out=z)
+        if bias is not None:
+            z += bias
+    return z
 
 
 class _Head:
@@ -177,14 +197,44 @@ class _Head:
         )
         self.labels_shape = y.shape
 
-    def run(self, want_grad: bool, workers: Any) -> tuple[Any, LinearGrads | None]:
+    def block_rows(self) -> int:
+        """Rows per block: as many as fit ``workspace`` with their logits (at least one)."""
+        return int(max(1, min(self.N, self.workspace // (self.V * self.dtype.itemsize))))
+
+    def block_logits(self, r0: int, r1: int, out: np.ndarray) -> np.ndarray:
+        """The logits of rows ``[r0, r1)`` in ``out`` (:func:`logits_into`)."""
+        return logits_into(self.h2[r0:r1], self._classifier_c, self._bias_c, out)
+
+    @functools.cached_property
+    def _classifier_c(self) -> np.ndarray:
+        """The classifier in the compute dtype (converted once per call, if at all)."""
+        return self.classifier.astype(self.dtype, copy=False)
+
+    @functools.cached_property
+    def _bias_c(self) -> np.ndarray | None:
+        return None if self.bias is None else self.bias.astype(self.dtype, copy=False)
+
+    def run(
+        self,
+        want_grad: bool,
+        workers: Any,
+        scaling: Scaling | None = None,
+        sums: bool = False,
+    ) -> tuple[Any, LinearGrads | None]:
+        """The loss and (``want_grad``) the gradients, one block of rows at a time.
+
+        ``scaling`` is the whole batch's (by default that of these rows): a caller
+        holding one part of a larger batch (:mod:`smoothce.dask`) passes the batch's
+        mean denominators. ``sums`` returns a reduced loss as the float64 pair
+        ``(cross-entropy sum in engine units, z-loss sum)`` for the caller to reduce.
+        """
         p, N, V, d, dt = self.p, self.N, self.V, self.d, self.dtype
         # The whole batch's scaling (mean denominators), shared by every block.
-        scaling = Scaling.of(p)
-        rows = max(1, min(N, self.workspace // (V * dt.itemsize)))
+        scaling = Scaling.of(p) if scaling is None else scaling
+        rows = self.block_rows()
         ws = np.empty((rows, V), dtype=dt)
-        Wc = self.classifier.astype(dt, copy=False)
-        bc = None if self.bias is None else self.bias.astype(dt, copy=False)
+        Wc = self._classifier_c
+        bc = self._bias_c
         loss_rows = np.empty(N, dtype=dt) if p.reduction == "none" else None
         ce_parts: list[float] = []
         z_parts: list[float] = []
@@ -208,11 +258,8 @@ class _Head:
         for r0 in range(0, N, rows):
             r1 = min(N, r0 + rows)
             hb = self.h2[r0:r1].astype(dt, copy=False)
-            z = ws[: r1 - r0]
-            np.matmul(hb, Wc.T, out=z)
-            if bc is not None:
-                z += bc
-            blk = self._block(r0, r1, z)
+            z = self.block_logits(r0, r1, ws)
+            blk = self.block(r0, r1, z)
             loss, _ = evaluate(
                 blk, grad=z if want_grad else None, workers=workers, scaling=scaling, sums=True
             )
@@ -236,6 +283,8 @@ class _Head:
                     db += z.sum(axis=0)
         if loss_rows is not None:
             total: Any = loss_rows.reshape(self.labels_shape)
+        elif sums:
+            total = (exact_sum(ce_parts), exact_sum(z_parts))
         else:
             total = scaling.reduce(exact_sum(ce_parts), exact_sum(z_parts), p.scalar_dtype)
         if not want_grad:
@@ -249,7 +298,7 @@ class _Head:
         )
         return total, grads
 
-    def _block(self, r0: int, r1: int, z: np.ndarray) -> Problem:
+    def block(self, r0: int, r1: int, z: np.ndarray) -> Problem:
         """The engine's problem for rows ``[r0, r1)`` whose logits are ``z``."""
         p = self.p
         return replace(
