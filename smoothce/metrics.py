@@ -49,10 +49,10 @@ import numpy.typing as npt
 from . import _engine
 from ._engine import run, with_batch_axis
 from ._exact import ExactSum, exact_sums
-from ._kernel import finish_losses
+from ._kernel import Plan, finish_losses, load, scratch
 from ._scaling import Scaling, loss_unit
-from ._stable import row_blocks, widen_float16
-from ._terms import label_weights
+from ._stable import row_blocks
+from ._terms import Terms, label_weights
 from ._validation import Prior, Problem, classes_last, prepare
 from .calibration import BinCounts, _check_bins
 
@@ -165,16 +165,14 @@ def _scan(p: Problem, top_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     zy = np.empty(n)
     start = 0
     cols = np.arange(K) if 1 < top_k < K else None
-    for key in row_blocks(p.batch_shape, _block_rows(p)):
-        zb = p.z[key].reshape(-1, K)
-        # argmax and comparisons are vectorised for float32/64 only; float16 and
-        # integer blocks are converted once (exactly) to the compute dtype.
-        if zb.dtype == np.float16:
-            wide = np.empty(zb.shape, dtype=np.float32)
-            widen_float16(zb, wide)
-            zb = wide
-        elif zb.dtype != p.compute_dtype:
-            zb = zb.astype(p.compute_dtype)
+    # The logits as the engine sees them (argmax and comparisons are vectorised for
+    # float32/64 only): float16 and integer blocks converted once, exactly, to the
+    # compute dtype, and soft-capped logits (a linear head's) capped.
+    load_plan = Plan(Terms.of(p), False, False, 1.0, p.compute_dtype, p.z.dtype, softcap=p.softcap)
+    per_block = _block_rows(p)
+    zbuf, xbuf = scratch(load_plan, min(per_block, n), K)
+    for key in row_blocks(p.batch_shape, per_block):
+        zb = load(load_plan, p.z[key].reshape(-1, K), zbuf, xbuf)
         y = p.labels[key].reshape(-1)
         stop = start + len(y)
         rows = np.arange(len(y))
@@ -538,7 +536,16 @@ def _accumulate_problem(p: Problem, top_k: int, n_bins: int, workers: Any = None
     float64 from the same values in shifted coordinates (:func:`_nll_rows`), so
     nothing is exponentiated twice.
     """
-    r = _one_pass(p, top_k, workers)
+    return _accumulator_of(p, _one_pass(p, top_k, workers), top_k, n_bins)
+
+
+def _accumulator_of(p: Problem, r: _Pass, top_k: int, n_bins: int) -> Accumulator:
+    """The accumulator of ``p``'s rows from their values ``r`` (with the scan's).
+
+    ``r`` comes from one engine pass (:func:`_one_pass`) or, for a linear head whose
+    vocabulary is split over workers, from its windows merged
+    (:mod:`smoothce._head_windows`); ``p.z`` is not read.
+    """
     assert r.m is not None
     assert r.top1 is not None
     assert r.topk is not None
@@ -884,3 +891,4 @@ def accuracy(
     if undefined:
         return float("nan")
     return correct / counted if counted else 0.0
+
