@@ -11,6 +11,9 @@ sums, accumulators :meth:`~Accumulator.merge` exactly, and
 :meth:`~Accumulator.result` forms the metrics. The same three steps serve arrays in
 memory, memory maps (:func:`evaluate` cuts them into chunks) and Dask
 (:func:`smoothce.dask.evaluate` maps :func:`accumulate` over the blocks).
+:func:`evaluate_linear` gives the metrics of a linear head (a language model's) from
+its hidden states, forming the logits one block of rows at a time
+(:mod:`smoothce._linear_metrics`).
 
 One pass per chunk
 ------------------
@@ -62,6 +65,7 @@ __all__ = [
     "accumulate",
     "accuracy",
     "evaluate",
+    "evaluate_linear",
     "nll",
     "perplexity",
 ]
@@ -892,3 +896,7 @@ def accuracy(
         return float("nan")
     return correct / counted if counted else 0.0
 
+
+# A linear head's metrics from its hidden states live beside the head's own code; they
+# are this module's public function, built on the accumulator above.
+from ._linear_metrics import evaluate_linear  # noqa: E402
