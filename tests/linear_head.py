@@ -41,9 +41,10 @@ def rounding(h, W, b=None):
     u = float(np.finfo(dt).eps) / 2
     d = W.shape[1]
     gamma = d * u / (1 - d * u)
-    mag = np.abs(np.asarray(h, dtype=np.float64).reshape(-1, d)) @ np.abs(
-        np.asarray(W, dtype=np.float64)
-    ).T
+    mag = (
+        np.abs(np.asarray(h, dtype=np.float64).reshape(-1, d))
+        @ np.abs(np.asarray(W, dtype=np.float64)).T
+    )
     if b is not None:
         mag = mag + np.abs(np.asarray(b, dtype=np.float64))
     return (gamma + u) * mag

@@ -194,7 +194,9 @@ def test_overflowing_products_give_undefined_metrics_without_warnings():
         W2 = W.copy()
         W2[3, 0] = np.inf
         inf_classifier = metrics.evaluate_linear(h[:4], W2, y[:4])
-    assert np.isnan(got.nll) and np.isnan(got.accuracy) and np.isnan(got.ece)
+    assert np.isnan(got.nll)
+    assert np.isnan(got.accuracy)
+    assert np.isnan(got.ece)
     assert np.isnan(inf_classifier.nll)
 
 
