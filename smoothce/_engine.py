@@ -53,14 +53,16 @@ from ._validation import Prior, Problem, classes_last
 
 __all__ = ["BLOCK_ELEMENTS", "evaluate", "run", "with_batch_axis"]
 
-#: Elements per block: 2**17 float32 values are 512 KiB, half of one core's L2 cache
-#: here, so a block is read from memory once and its later passes (sums, scaling) hit
-#: the cache. Smaller blocks cost more in per-call overhead than they gain (2**16
-#: made the forward pass 1.4x slower than 2**18 at (8192, 1000) float32); larger ones
-#: break the memory budget of the loss-only path, one workspace per thread within 5%
-#: of the logits' size at (8192, 1000) float32 with two threads. Every path reads it
-#: here, at call time (tests lower it to exercise streamed rows on small shapes).
-BLOCK_ELEMENTS = 1 << 17
+#: Elements per block: 2**18 float32 values are 1 MiB, one core's L2 cache here, so a
+#: block is read from memory once and its later passes (sums, scaling, the gradient)
+#: hit the cache or the L3 behind it. Each block costs a fixed few dozen NumPy calls
+#: with the GIL held, which is what smaller blocks pay for: against 2**17, 2**18 made
+#: float32 forward+gradient 5-12% faster at (8192, 1000), (65536, 100) and
+#: (4096, 32000), and 2**19 gained half as much again (``benchmarks/block_size.py``).
+#: The price is the loss-only path's workspace, one block per thread (2 MiB per
+#: thread in float64). Every path reads it here, at call time (tests lower it to
+#: exercise streamed rows on small shapes).
+BLOCK_ELEMENTS = 1 << 18
 
 #: ``observe(key, z2, S, ref, label_logs)``: see :data:`smoothce._kernel.Observer`;
 #: ``key`` indexes the block's rows in the batch.
