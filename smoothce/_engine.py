@@ -125,10 +125,14 @@ def _store(loss_rows: np.ndarray, key: Any, losses: np.ndarray, z_rows: Any, uni
     dst[...] = losses.reshape(dst.shape)
 
 
-def _store_grad(dst: np.ndarray, src: np.ndarray) -> None:
-    """The gradient block from the workspace, float16 rounded once (fast)."""
+def _store_grad(dst: np.ndarray, src: np.ndarray, scratch: list[np.ndarray]) -> None:
+    """The gradient block from the workspace (which it may overwrite): float16 by
+    :func:`~smoothce._stable.store_float16` with the thread's ``scratch`` (allocated on
+    first use, kept in the one-element list), anything else by NumPy's cast."""
     if dst.dtype == np.float16:
-        store_float16(dst, src.reshape(dst.shape))
+        if not scratch:
+            scratch.append(np.empty(src.size, dtype=np.uint32))
+        store_float16(dst, src.reshape(dst.shape), scratch[0])
     else:
         dst[...] = src.reshape(dst.shape)
 
@@ -161,6 +165,7 @@ def _rows(
     def work(i0: int, i1: int) -> None:
         ws_all: np.ndarray | None = None
         z_all, x_all = scratch(plan, per_block, K)
+        store_scratch: list[np.ndarray] = []
         with Quiet():
             for i in range(i0, i1):
                 key = keys[i]
@@ -203,7 +208,7 @@ def _rows(
                         if z_rows is not None:
                             z_partial[i] = z_rows.sum()
                 if g_blk is not None and ws is not g2:
-                    _store_grad(g_blk, ws)
+                    _store_grad(g_blk, ws, store_scratch)
 
     run_ranges(len(keys), n, work)
     if loss_rows is not None or not plan.want_loss:
@@ -282,6 +287,7 @@ def _streamed(
         def second_pass(t0: int, t1: int) -> None:
             ws = np.empty((1, BLOCK_ELEMENTS), dtype=p.compute_dtype)
             z_buf, x_buf = scratch(plan, 1, BLOCK_ELEMENTS)
+            store_scratch: list[np.ndarray] = []
             with Quiet():
                 for t in range(t0, t1):
                     r, j = divmod(t, nw)
@@ -294,7 +300,7 @@ def _streamed(
                         plan, x, buf, m_row[r], S_row[r : r + 1], W_row[r], e,
                         win_terms[j], blk, x_buf,
                     )  # fmt: skip
-                    _store_grad(grad[keys[r]].reshape(-1, K)[:, k0:k1], buf)
+                    _store_grad(grad[keys[r]].reshape(-1, K)[:, k0:k1], buf, store_scratch)
 
         run_ranges(len(keys) * nw, n, second_pass)
     if loss_rows is not None or not plan.want_loss:
