@@ -227,10 +227,13 @@ def _layout(
     labels_path: str,
     logits_shape: tuple[int, ...],
     labels_shape: tuple[int, ...],
+    labels_dtype: np.dtype[Any],
     axis: int,
 ) -> tuple[int, tuple[int, ...]]:
     """``(class axis, batch shape)`` of the two arrays, or the :class:`EvalError` of
-    a scalar, a bad ``axis``, labels of the wrong shape or no rows."""
+    a scalar, a bad ``axis``, no class, labels that are not class indices or of the
+    wrong shape, or no rows. Checked on the arrays' headers, before any chunk: a
+    message names the files' shapes, never a chunk's."""
     ndim = len(logits_shape)
     if ndim == 0:
         raise EvalError(f"logits must have a class axis; {logits_path!r} holds a scalar.")
@@ -238,7 +241,19 @@ def _layout(
         ax = check_axis(axis, ndim)
     except (TypeError, ValueError) as exc:
         raise EvalError(str(exc)) from None
+    if logits_shape[ax] == 0:
+        raise EvalError(
+            f"logits must have at least one class along axis {ax}; {logits_path!r} has "
+            f"shape {logits_shape}."
+        )
     batch = logits_shape[:ax] + logits_shape[ax + 1 :]
+    if labels_dtype.kind not in "iu":
+        # Probability targets (or anything else) have no accuracy or calibration.
+        raise EvalError(
+            f"labels must be integer class indices of shape {batch} (the shape of the "
+            f"logits, {logits_shape}, without the class axis {ax}); {labels_path!r} holds "
+            f"{labels_dtype} values of shape {labels_shape}."
+        )
     if labels_shape != batch:
         raise EvalError(
             f"labels must have the shape of the logits without the class axis {ax}, "
@@ -310,7 +325,7 @@ def evaluate_files(
     """
     z = _load(logits_path, "logits")
     y = _load(labels_path, "labels")
-    ax, batch = _layout(logits_path, labels_path, z.shape, y.shape, axis)
+    ax, batch = _layout(logits_path, labels_path, z.shape, y.shape, y.dtype, axis)
     K = z.shape[ax]
     try:
         bins = _check_bins(bins)

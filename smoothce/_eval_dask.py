@@ -480,7 +480,7 @@ def evaluate_dask(
 
     z = _open(logits_path, "logits", first_batch_axis)
     y = _open(labels_path, "labels", lambda ndim: 0)  # the labels' first batch axis
-    ax, batch = _layout(logits_path, labels_path, z.shape, y.shape, axis)
+    ax, batch = _layout(logits_path, labels_path, z.shape, y.shape, y.dtype, axis)
     K = z.shape[ax]
     try:
         bins = _check_bins(bins)

@@ -329,6 +329,23 @@ def test_unreachable_scheduler_is_a_one_line_error(data, capsys):
         )
 
 
+def test_float_labels_name_the_file_and_its_shape_on_every_path(tmp_path, capsys, data, where):
+    yf = np.random.default_rng(8).random(N)
+    np.save(tmp_path / "yf.npy", yf)
+    _zarr(tmp_path / "yf.zarr", yf, (100,))
+    pattern = (
+        rf"labels must be integer class indices of shape \({N},\) \(the shape of the "
+        rf"logits, \({N}, {K}\), without the class axis 1\); '.*yf\.(npy|zarr)' holds float64 "
+        rf"values of shape \({N},\)\.$"
+    )
+    ref = _one_line_error(*_main(capsys, data / "z32.npy", tmp_path / "yf.npy", *CHUNK), pattern)
+    for logits, labels in (("z32.zarr", "yf.zarr"), ("z32.npy", "yf.npy")):
+        err = _one_line_error(
+            *_main(capsys, data / logits, tmp_path / labels, *CHUNK, *where), pattern
+        )
+        assert _message(err) == _message(ref)
+
+
 # -- the core stays NumPy-only ------------------------------------------------------------
 def test_memmap_eval_imports_no_dask(data):
     code = (
