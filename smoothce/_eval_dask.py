@@ -12,6 +12,8 @@
   memmap path bit for bit;
 * a directory of ``shard_*.npy`` files is one array, the shards joined in name order
   along the first batch axis; blocks are cut within each shard;
+* a per-sample prior (``--prior``: .npy, Zarr or shards) is read like the logits, in
+  the logits' blocks, never embedded in the graph; a class prior (K,) is read once;
 * the computation runs on Dask's threaded scheduler, on a ``distributed`` cluster at
   ``scheduler`` (an address), or on a local cluster of ``dask_workers`` processes
   started here and closed on the way out, whatever happens.
@@ -51,7 +53,8 @@ from ._eval import (
     _layout,
     _load,
     _one_line,
-    _prior,
+    _prior_axis,
+    named_prior,
 )
 from ._validation import check_axis
 from .calibration import _check_bins
@@ -257,6 +260,29 @@ def _bounds(z: _Source, ax: int, c: int, chunk_elements: int) -> tuple[list[int]
     return [*range(0, n_along, step), n_along], note
 
 
+def _dask_prior(
+    value: str | None, logits_shape: tuple[int, ...], ax: int, c: int | None, bounds: list[int]
+) -> Any:
+    """The prior for :func:`smoothce.dask.evaluate`: a name as it is, or the array at
+    ``value`` (.npy, Zarr or shards) as a Dask array read by the tasks, in the blocks
+    ``bounds`` along the logits' chunked axis ``c`` when it runs along it (one block
+    otherwise): never embedded in the graph. A class prior (K,) is read once when the
+    graph is built."""
+    if value is None or named_prior(value):
+        return value
+    lead = len(logits_shape)
+
+    def along(ndim: int) -> int:  # the prior's axis along c, for shards
+        return -1 if c is None else c - (lead - ndim)
+
+    src = _open(value, "prior", along)
+    pa = _prior_axis(value, src.shape, logits_shape, ax, c)
+    if pa is None:  # one block; smoothce.dask broadcasts it to the logits' blocks
+        whole = src.shape[0] if src.shape else 0
+        return _as_dask(src, 0, [0, whole], False)
+    return _as_dask(src, pa, bounds, False)
+
+
 # -- running the graph -----------------------------------------------------------------
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
@@ -443,8 +469,12 @@ def evaluate_dask(
         A ``.npy`` file or a Zarr array directory each. The logits have the shape
         ``(..., K, ...)`` with classes on ``axis``; the labels the shape of the
         logits without the class axis.
-    epsilon, axis, ignore_index, prior, bins, progress
+    epsilon, axis, ignore_index, bins, progress
         As in :func:`~smoothce._eval.evaluate_files`; the progress bar is Dask's.
+    prior : str, optional
+        None, ``"uniform"``, ``"others"``, or the path of an array as the logits'
+        (.npy, Zarr, shards): a class prior (K,), or per-sample priors of the logits'
+        shape (or one that broadcasts to it), read in the logits' blocks.
     chunk_elements : int
         Logits per block: the memmap path's chunks, so a ``.npy`` file gives its
         report bit for bit. Zarr input is read in whole storage chunks: those
@@ -460,9 +490,11 @@ def evaluate_dask(
     -------
     Report
     """
-    zarr_input = is_zarr(logits_path) or is_zarr(labels_path)
+    named = prior is None or named_prior(prior)
+    paths = (logits_path, labels_path, *(() if named else (str(prior),)))
+    zarr_input = any(is_zarr(path) for path in paths)
     why = "reading a Zarr array" if zarr_input else "--scheduler or --dask-workers"
-    if not zarr_input and (is_shards(logits_path) or is_shards(labels_path)):
+    if not zarr_input and any(is_shards(path) for path in paths):
         why = "reading a directory of .npy shards"
     _need(
         ("dask", "dask.array", *(("zarr",) if zarr_input else ())),
@@ -486,10 +518,10 @@ def evaluate_dask(
         bins = _check_bins(bins)
     except (TypeError, ValueError) as exc:
         raise EvalError(str(exc)) from None
-    u = _prior(prior)
     expand = len(z.shape) == 1  # one row, and smoothce.dask needs a batch axis:
     if expand:  # evaluate logits (1, K) and labels (1,)
         zd, yd = _as_dask(z, 0, [0, K], True), _as_dask(y, 0, [0, 1], True)
+        u = _dask_prior(prior, z.shape, ax, None, [])
         ax, c = 1, 0
     else:
         c = 0 if ax != 0 else 1
@@ -498,6 +530,7 @@ def evaluate_dask(
         if note is not None:
             print(note, file=sys.stderr)
         zd, yd = _as_dask(z, c, bounds, False), _as_dask(y, c_lab, bounds, False)
+        u = _dask_prior(prior, z.shape, ax, c, bounds)
     if progress is None:
         progress = z.nbytes > (256 << 20) and sys.stderr.isatty()
     try:

@@ -329,6 +329,105 @@ def test_unreachable_scheduler_is_a_one_line_error(data, capsys):
         )
 
 
+# -- a per-sample prior, read in blocks like the logits --------------------------------------
+def test_per_sample_prior_gives_one_report_on_every_path_and_stays_out_of_the_graph(
+    tmp_path, capsys, monkeypatch, scheduler
+):
+    """A per-sample prior (N, K) failed on the memmap path past one chunk and travelled
+    inside the graph on a cluster (34 MiB, and distributed's warning). It is read in
+    blocks like the logits: the memmap path, the threaded scheduler, a LocalCluster
+    (with the prior as .npy, Zarr or shards) and ``metrics.evaluate`` in memory agree
+    to the bit, and the graph stays far below a threshold the prior exceeds."""
+    from smoothce import metrics
+
+    n, k = 12_000, 50
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal((n, k), dtype=np.float32) * 2
+    y = rng.integers(0, k, n)
+    y[::13] = -100
+    u = rng.random((n, k)) + 0.05
+    u /= u.sum(axis=1, keepdims=True)  # float64: 4.8 MB
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "u.npy", u)
+    _zarr(tmp_path / "u.zarr", u, (1000, k))
+    _zarr(tmp_path / "z.zarr", z, (500, k))
+    _shards(tmp_path / "us", u, [5000, 5100])
+    chunk = ["--chunk-elements", 500 * k]  # 24 blocks
+    common = ("--json", "--epsilon", 0.3, "--ignore-index", -100, *chunk)
+
+    def report(*args: object) -> dict[str, object]:
+        status, out, err = _main(capsys, *args, *common)
+        assert status == 0, err
+        assert err == ""
+        got: dict[str, object] = json.loads(out)
+        return got
+
+    monkeypatch.setattr(metrics, "CHUNK_ELEMENTS", 2000 * k)  # several chunks there too
+    m = metrics.evaluate(z, y, 0.3, prior=u, ignore_index=-100, top_k=1)
+    ref = report(tmp_path / "z.npy", tmp_path / "y.npy", "--prior", tmp_path / "u.npy")
+    fields = ("smoothed_loss", "nll", "perplexity", "accuracy", "ece", "counted")
+    assert [ref[f] for f in fields] == [m.loss, m.nll, m.perplexity, m.accuracy, m.ece, m.counted]
+    # Above it, distributed warns of a large graph (an error here, as every warning).
+    with (
+        dask.config.set({"distributed.admin.large-graph-warning-threshold": "1MB"}),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("error")
+        for logits, prior, extra in (
+            ("z.npy", "u.npy", ["--scheduler", scheduler]),
+            ("z.npy", "u.zarr", ["--scheduler", scheduler]),
+            ("z.zarr", "us", ["--scheduler", scheduler]),
+            ("z.zarr", "u.npy", []),  # the threaded scheduler
+            ("z.npy", "u.zarr", []),  # a Zarr prior alone takes the Dask path
+        ):
+            got = report(tmp_path / logits, tmp_path / "y.npy", "--prior", tmp_path / prior,
+                         *extra)  # fmt: skip
+            _same(got, ref)
+    uniform = report(tmp_path / "z.npy", tmp_path / "y.npy")
+    assert uniform["smoothed_loss"] != ref["smoothed_loss"]  # the prior reached the loss
+
+
+@pytest.mark.parametrize(
+    ("edit", "pattern"),
+    [
+        (
+            lambda u: u.__setitem__((700, 3), -0.25),
+            r"prior must be non-negative and finite; got prior\[700, 3\] = -0\.25\.$",
+        ),
+        (
+            lambda u: u.__setitem__(800, 0.25),
+            r"prior must sum to 1 along the class axis .*; got a sum of 1\.75 at batch "
+            r"position \[800\]\.$",
+        ),
+    ],
+    ids=["negative", "sum"],
+)
+def test_bad_prior_values_give_the_memmap_message(tmp_path, capsys, data, where, edit, pattern):
+    u = np.full((N, K), 1 / K)
+    edit(u)
+    np.save(tmp_path / "u.npy", u)
+    args = (data / "y.npy", "--prior", tmp_path / "u.npy", "--ignore-index", -100)
+    ref = _one_line_error(*_main(capsys, data / "z32.npy", *args, *CHUNK), pattern)
+    for logits, extra in (("z32.zarr", where), ("z32.npy", where)):
+        if logits == "z32.npy" and not where:
+            continue  # .npy without a Dask option is the memmap path itself
+        err = _one_line_error(*_main(capsys, data / logits, *args, *extra), pattern)
+        assert _message(err) == _message(ref)
+
+
+def test_prior_of_a_wrong_shape_gives_the_memmap_message(tmp_path, capsys, data):
+    np.save(tmp_path / "u.npy", np.full((N, K + 1), 1 / (K + 1)))
+    pattern = (
+        rf"prior must have shape \({K},\), one value per class, or the shape of the "
+        rf"logits, \({N}, {K}\), .*; '.*u\.npy' has shape \({N}, {K + 1}\)\.$"
+    )
+    args = (data / "y.npy", "--prior", tmp_path / "u.npy")
+    ref = _one_line_error(*_main(capsys, data / "z32.npy", *args), pattern)
+    err = _one_line_error(*_main(capsys, data / "z32.zarr", *args), pattern)
+    assert _message(err) == _message(ref)
+
+
 def test_float_labels_name_the_file_and_its_shape_on_every_path(tmp_path, capsys, data, where):
     yf = np.random.default_rng(8).random(N)
     np.save(tmp_path / "yf.npy", yf)
