@@ -30,6 +30,7 @@ and :func:`is_zarr` and :func:`is_shards` tell the command line whether it is ne
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import logging
 import math
@@ -313,6 +314,28 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _start(make: Callable[[], Any], failure: str) -> Any:
+    """``make()`` (a ``distributed.LocalCluster`` or ``Client``), or the one-line
+    :class:`EvalError` ``failure: why``; a KeyboardInterrupt stays one.
+
+    A Client whose connection fails is left half-built in a reference cycle, still
+    "connecting": its finaliser closes it through its event loop, and at the
+    interpreter's exit, when that loop has stopped, waits 60 s for it and prints a
+    TimeoutError. Collected now, while the loop runs, it closes at once. The traceback
+    holds it too, so the collection comes after the ``except`` clauses, and what is
+    raised carries no traceback into distributed.
+    """
+    error: BaseException
+    try:
+        return make()
+    except KeyboardInterrupt:
+        error = KeyboardInterrupt()
+    except Exception as exc:  # OSError, TimeoutError (an OSError), ValueError, TypeError
+        error = EvalError(f"{failure}: {_one_line(exc) or type(exc).__name__}")
+    gc.collect()
+    raise error
+
+
 @contextlib.contextmanager
 def _client(scheduler: str | None, dask_workers: int | None) -> Iterator[Any]:
     """A ``distributed.Client`` (to ``scheduler``, or to a local cluster of
@@ -327,28 +350,24 @@ def _client(scheduler: str | None, dask_workers: int | None) -> Iterator[Any]:
     try:
         with _quiet():
             if scheduler is None:
-                try:
-                    with _sigint_ignored():
-                        cluster = distributed.LocalCluster(
+                with _sigint_ignored():
+                    cluster = _start(
+                        lambda: distributed.LocalCluster(
                             n_workers=dask_workers,
                             threads_per_worker=1,
                             processes=True,
                             dashboard_address=None,
                             silence_logs=logging.CRITICAL,  # task errors are reported here
-                        )
-                except Exception as exc:
-                    raise EvalError(
-                        f"cannot start a local Dask cluster of {dask_workers} workers: "
-                        f"{_one_line(exc) or type(exc).__name__}"
-                    ) from None
-            address = cluster if scheduler is None else scheduler
-            try:
-                client = distributed.Client(address, set_as_default=False)
-            except Exception as exc:  # OSError, TimeoutError (an OSError), ValueError
-                where = "local cluster" if scheduler is None else f"scheduler at {scheduler!r}"
-                raise EvalError(
-                    f"cannot connect to the Dask {where}: {_one_line(exc) or type(exc).__name__}"
-                ) from None
+                        ),
+                        f"cannot start a local Dask cluster of {dask_workers} workers",
+                    )
+            where = "local cluster" if scheduler is None else f"scheduler at {scheduler!r}"
+            client = _start(
+                lambda: distributed.Client(
+                    cluster if scheduler is None else scheduler, set_as_default=False
+                ),
+                f"cannot connect to the Dask {where}",
+            )
         yield client
     finally:
         with _quiet():

@@ -329,6 +329,31 @@ def test_unreachable_scheduler_is_a_one_line_error(data, capsys):
         )
 
 
+@pytest.mark.parametrize(
+    "address", ["bogus://x", "tcp://host:notaport", "tls://127.0.0.1:1"],
+    ids=["unknown scheme", "no port", "tls without a context"],
+)  # fmt: skip
+def test_a_bad_scheduler_address_exits_at_once_with_one_line(data, address):
+    """``--scheduler bogus://x`` printed the right line, then hung 60 s and printed
+    ``Exception ignored in Client.__del__ ... TimeoutError``: distributed leaves the
+    half-built Client to be closed at exit, when its event loop has stopped. The bound
+    is generous (the fix takes about a second), not a timing."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "smoothce", "eval", str(data / "z32.npy"),
+             str(data / "y.npy"), "--ignore-index", "-100", "--scheduler", address],
+            capture_output=True, text=True, check=False, timeout=30,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"still running after 30 s; stderr so far: {exc.stderr!r}") from None
+    assert "Exception ignored" not in out.stderr
+    assert "Traceback" not in out.stderr
+    _one_line_error(
+        out.returncode, out.stdout, out.stderr,
+        rf"^error: cannot connect to the Dask scheduler at '{re.escape(address)}': \S",
+    )  # fmt: skip
+
+
 # -- a per-sample prior, read in blocks like the logits --------------------------------------
 def test_per_sample_prior_gives_one_report_on_every_path_and_stays_out_of_the_graph(
     tmp_path, capsys, monkeypatch, scheduler
