@@ -295,23 +295,50 @@ def _quiet() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore SIGINT (Ctrl-C) while the block runs, in the main thread only.
+def _sigint_deferred() -> Iterator[None]:
+    """Hold SIGINT (Ctrl-C) back while the block starts a local cluster, then act on it.
 
-    The worker processes a local cluster spawns meanwhile inherit the ignored signal
-    (an ignored signal survives ``exec``; a handler does not), so a Ctrl-C in the
-    terminal, which reaches every process of the group, interrupts only this one,
-    which then closes the cluster, instead of killing each worker with a traceback.
-    The price: a Ctrl-C during the cluster's start (a few seconds) is dropped.
+    The cluster's worker processes must not get the Ctrl-C that a terminal sends to
+    every process of its group (each would die with a traceback); this process gets
+    it and closes them. So SIGINT is blocked in this thread meanwhile: the threads
+    started meanwhile (distributed's event loop, which spawns the workers) inherit the
+    mask, and the workers inherit it through ``fork`` and ``exec`` for their whole
+    life. A SIGINT sent meanwhile is not lost: it stays pending until the mask is
+    lifted, or another thread of this process takes it and the handler installed here
+    records it (raising inside distributed's start would leave a half-started cluster
+    behind). Once the block is done, and its cluster exists to be closed, a recorded
+    SIGINT raises :class:`KeyboardInterrupt`.
+
+    In the main thread only (Python runs signal handlers there), and not when SIGINT
+    is ignored already (a background job): then the workers inherit that. Where there
+    is no ``pthread_sigmask`` (Windows) the handler alone records the signal.
     """
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    masking = hasattr(signal, "pthread_sigmask")
+    if masking:
+        # multiprocessing starts its resource tracker with the first worker and then
+        # unblocks SIGINT in the starting thread (distributed's event loop), whatever
+        # it was before: the workers it spawns next would get Ctrl-C. Started now,
+        # before the mask, it leaves the mask alone.
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if masking else None
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if mask is not None:
+            # A pending SIGINT is delivered here, to the recording handler.
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        # None: a handler not installed from Python; Python's own is the fallback.
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _start(make: Callable[[], Any], failure: str) -> Any:
@@ -350,7 +377,7 @@ def _client(scheduler: str | None, dask_workers: int | None) -> Iterator[Any]:
     try:
         with _quiet():
             if scheduler is None:
-                with _sigint_ignored():
+                with _sigint_deferred():
                     cluster = _start(
                         lambda: distributed.LocalCluster(
                             n_workers=dask_workers,

@@ -8,12 +8,16 @@ subprocess has a time limit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -554,17 +558,125 @@ def test_local_cluster_is_closed_on_interrupt_and_errors(
     assert client.closed
 
 
-def test_ctrl_c_is_ignored_only_while_the_local_cluster_starts():
-    """Workers spawned meanwhile inherit the ignored SIGINT: a Ctrl-C in the terminal
-    (sent to the whole process group) then stops only the command, which closes them."""
-    import signal
-
-    from smoothce._eval_dask import _sigint_ignored
+def test_sigint_is_held_back_while_the_local_cluster_starts_then_raised():
+    """Inside the block SIGINT is blocked (the workers spawned meanwhile inherit the
+    mask) and recorded, not raised inside distributed's start; after it, a recorded
+    SIGINT is a KeyboardInterrupt, and the handler and mask are as before."""
+    from smoothce._eval_dask import _sigint_deferred
 
     before = signal.getsignal(signal.SIGINT)
-    with _sigint_ignored():
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    inside: list[set[int]] = []
+
+    def start_a_cluster() -> None:  # interrupted while it starts
+        with _sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            inside.append(signal.pthread_sigmask(signal.SIG_BLOCK, set()))
+
+    with pytest.raises(KeyboardInterrupt):
+        start_a_cluster()
+    assert len(inside) == 1  # the block ran to its end: not interrupted inside
+    assert signal.SIGINT in inside[0]  # blocked there, and the signal still kept
     assert signal.getsignal(signal.SIGINT) is before
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == mask
+    with _sigint_deferred():  # nothing sent: nothing raised
+        pass
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_sigint_already_ignored_stays_ignored():
+    """A background job (SIGINT ignored by its shell) keeps ignoring it, and so do
+    the workers it spawns."""
+    from smoothce._eval_dask import _sigint_deferred
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _sigint_deferred():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+_INTERRUPTING_DRIVER = """
+import os, signal, sys
+
+
+def main():
+    import distributed
+    from smoothce import _cli
+
+    when, target = sys.argv[1], sys.argv[2]
+    start = distributed.LocalCluster
+
+    def interrupt():  # Ctrl-C in a terminal reaches the whole process group
+        if target == "group":
+            os.killpg(0, signal.SIGINT)
+        else:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def interrupted_local_cluster(*args, **kwargs):
+        # A real cluster, with a real SIGINT before it starts its workers or once
+        # they are up: either way while the command is starting it.
+        if when == "before":
+            interrupt()
+        cluster = start(*args, **kwargs)
+        if when == "after":
+            interrupt()
+        return cluster
+
+    distributed.LocalCluster = interrupted_local_cluster
+    return _cli.main(["eval", *sys.argv[3:]])
+
+
+if __name__ == "__main__":  # the workers import this module too
+    sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("when", "target"),
+    [("before", "process"), ("before", "group"), ("after", "group")],
+    ids=["before the workers, to the command", "before the workers, to the group",
+         "after the workers, to the group"],
+)  # fmt: skip
+def test_ctrl_c_while_the_local_cluster_starts_stops_with_130(data, tmp_path, when, target):
+    """Ctrl-C while --dask-workers started its cluster was dropped (SIGINT ignored
+    meanwhile): the run went on to the end and exited 0. It stops with 130 and one
+    line, as it does a second later; the workers, which got the Ctrl-C too when it went
+    to the group, neither print a traceback nor outlive the command."""
+    driver = tmp_path / "interrupt_eval.py"
+    driver.write_text(_INTERRUPTING_DRIVER)
+    args = [data / "z32.npy", data / "y.npy", "--ignore-index", -100, "--dask-workers", 2]
+    proc = subprocess.Popen(
+        [sys.executable, str(driver), when, target, *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group (id: its pid), for the SIGINT
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert (proc.returncode, out, err) == (130, "", "error: interrupted\n")
+    # The cluster was closed: no worker is left (a generous bound, not a timing).
+    deadline = time.monotonic() + 30
+    while (alive := _processes_in_group(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive
+
+
+def _processes_in_group(group: int) -> list[int]:
+    """The live processes (zombies aside) of the process group ``group``."""
+    import psutil
+
+    alive = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(p.pid) == group and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p.pid)
+    return alive
 
 
 # -- a directory of .npy shards --------------------------------------------------------------
