@@ -34,6 +34,7 @@ from ._bench import (
     measure_shape,
     print_legend,
 )
+from ._eval_dask import INSTALL  # a string; Dask is imported only when it runs
 from ._loss import cross_entropy_with_grad, soft_target_cross_entropy
 from .calibration import MAX_BINS
 
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
             "batch axis) is evaluated on Dask, in this process's threads by default; "
             "--dask-workers or "
             "--scheduler run either kind of input on a Dask cluster, whose workers read "
-            "the data themselves (Dask needs: pip install 'smoothce[dask]'). Every path "
+            f"the data themselves (Dask needs the dask extra: {INSTALL}). Every path "
             "gives the same report. Exit status 2, with a one-line message, on a missing "
             "or unreadable file, a wrong shape, bad labels or non-finite logits (a NaN or "
             "+inf logit, or a row of -inf, in a counted row).",

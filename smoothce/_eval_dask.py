@@ -62,7 +62,8 @@ from .calibration import _check_bins
 
 __all__ = ["evaluate_dask", "is_shards", "is_zarr"]
 
-INSTALL = "pip install 'smoothce[dask]'"
+#: How to install the dask extra, from PyPI or from a checkout of the repository.
+INSTALL = 'pip install "smoothce[dask]", or pip install -e ".[dask]" in a checkout'
 
 #: Metadata files that make a directory a Zarr node (v2 array, v2 group, v3 either).
 _ZARR_FILES = (".zarray", ".zgroup", "zarr.json")

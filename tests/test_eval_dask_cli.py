@@ -311,7 +311,8 @@ def test_missing_extra_says_how_to_install_it(data, capsys, monkeypatch, module)
     extra = ["--dask-workers", 2] if module == "distributed" else []
     _one_line_error(
         *_main(capsys, data / "z32.zarr", data / "y.zarr", *extra),
-        rf"'{module}' is not installed: pip install 'smoothce\[dask\]'$",
+        rf"'{module}' is not installed: pip install \"smoothce\[dask\]\", or pip install "
+        r'-e "\.\[dask\]" in a checkout$',
     )
 
 
@@ -748,6 +749,7 @@ def test_help_names_the_dask_options_and_inputs(capsys):
         _cli.main(["eval", "--help"])
     text = capsys.readouterr().out
     for word in ("--scheduler ADDRESS", "--dask-workers N", "Zarr array", "shard_*.npy",
-                 "pip install 'smoothce[dask]'", "--scheduler tcp://host:8786"):  # fmt: skip
+                 'pip install "smoothce[dask]", or', 'pip install -e ".[dask]" in a checkout',
+                 "--scheduler tcp://host:8786"):  # fmt: skip
         assert word in text, word
     assert max(map(len, text.splitlines())) <= 100  # wrapped, not one long line
