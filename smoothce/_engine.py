@@ -53,14 +53,16 @@ from ._validation import Prior, Problem, classes_last
 
 __all__ = ["BLOCK_ELEMENTS", "evaluate", "run", "with_batch_axis"]
 
-#: Elements per block: 2**17 float32 values are 512 KiB, half of one core's L2 cache
-#: here, so a block is read from memory once and its later passes (sums, scaling) hit
-#: the cache. Smaller blocks cost more in per-call overhead than they gain (2**16
-#: made the forward pass 1.4x slower than 2**18 at (8192, 1000) float32); larger ones
-#: break the memory budget of the loss-only path, one workspace per thread within 5%
-#: of the logits' size at (8192, 1000) float32 with two threads. Every path reads it
-#: here, at call time (tests lower it to exercise streamed rows on small shapes).
-BLOCK_ELEMENTS = 1 << 17
+#: Elements per block: 2**18 float32 values are 1 MiB, one core's L2 cache here, so a
+#: block is read from memory once and its later passes (sums, scaling, the gradient)
+#: hit the cache or the L3 behind it. Each block costs a fixed few dozen NumPy calls
+#: with the GIL held, which is what smaller blocks pay for: against 2**17, 2**18 made
+#: float32 forward+gradient 5-12% faster at (8192, 1000), (65536, 100) and
+#: (4096, 32000), and 2**19 gained half as much again (``benchmarks/block_size.py``).
+#: The price is the loss-only path's workspace, one block per thread (2 MiB per
+#: thread in float64). Every path reads it here, at call time (tests lower it to
+#: exercise streamed rows on small shapes).
+BLOCK_ELEMENTS = 1 << 18
 
 #: ``observe(key, z2, S, ref, label_logs)``: see :data:`smoothce._kernel.Observer`;
 #: ``key`` indexes the block's rows in the batch.
@@ -123,10 +125,14 @@ def _store(loss_rows: np.ndarray, key: Any, losses: np.ndarray, z_rows: Any, uni
     dst[...] = losses.reshape(dst.shape)
 
 
-def _store_grad(dst: np.ndarray, src: np.ndarray) -> None:
-    """The gradient block from the workspace, float16 rounded once (fast)."""
+def _store_grad(dst: np.ndarray, src: np.ndarray, scratch: list[np.ndarray]) -> None:
+    """The gradient block from the workspace (which it may overwrite): float16 by
+    :func:`~smoothce._stable.store_float16` with the thread's ``scratch`` (allocated on
+    first use, kept in the one-element list), anything else by NumPy's cast."""
     if dst.dtype == np.float16:
-        store_float16(dst, src.reshape(dst.shape))
+        if not scratch:
+            scratch.append(np.empty(src.size, dtype=np.uint32))
+        store_float16(dst, src.reshape(dst.shape), scratch[0])
     else:
         dst[...] = src.reshape(dst.shape)
 
@@ -159,6 +165,7 @@ def _rows(
     def work(i0: int, i1: int) -> None:
         ws_all: np.ndarray | None = None
         z_all, x_all = scratch(plan, per_block, K)
+        store_scratch: list[np.ndarray] = []
         with Quiet():
             for i in range(i0, i1):
                 key = keys[i]
@@ -201,7 +208,7 @@ def _rows(
                         if z_rows is not None:
                             z_partial[i] = z_rows.sum()
                 if g_blk is not None and ws is not g2:
-                    _store_grad(g_blk, ws)
+                    _store_grad(g_blk, ws, store_scratch)
 
     run_ranges(len(keys), n, work)
     if loss_rows is not None or not plan.want_loss:
@@ -280,6 +287,7 @@ def _streamed(
         def second_pass(t0: int, t1: int) -> None:
             ws = np.empty((1, BLOCK_ELEMENTS), dtype=p.compute_dtype)
             z_buf, x_buf = scratch(plan, 1, BLOCK_ELEMENTS)
+            store_scratch: list[np.ndarray] = []
             with Quiet():
                 for t in range(t0, t1):
                     r, j = divmod(t, nw)
@@ -292,7 +300,7 @@ def _streamed(
                         plan, x, buf, m_row[r], S_row[r : r + 1], W_row[r], e,
                         win_terms[j], blk, x_buf,
                     )  # fmt: skip
-                    _store_grad(grad[keys[r]].reshape(-1, K)[:, k0:k1], buf)
+                    _store_grad(grad[keys[r]].reshape(-1, K)[:, k0:k1], buf, store_scratch)
 
         run_ranges(len(keys) * nw, n, second_pass)
     if loss_rows is not None or not plan.want_loss:

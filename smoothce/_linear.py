@@ -231,6 +231,12 @@ class _Head:
         p, N, V, d, dt = self.p, self.N, self.V, self.d, self.dtype
         # The whole batch's scaling (mean denominators), shared by every block.
         scaling = Scaling.of(p) if scaling is None else scaling
+        # One thread for the engine unless asked: BLAS threads the three products,
+        # which are nearly all the work (2 d flops per logit each, against a few
+        # passes), and its threads keep spinning for a while after each product, so
+        # engine threads started between them fought them for the cores (the fused
+        # head ran 2.3x slower than the unfused one on 2 cores, 1.1x with BLAS on one).
+        engine_workers = 1 if workers is None else workers
         rows = self.block_rows()
         ws = np.empty((rows, V), dtype=dt)
         Wc = self._classifier_c
@@ -261,8 +267,9 @@ class _Head:
             z = self.block_logits(r0, r1, ws)
             blk = self.block(r0, r1, z)
             loss, _ = evaluate(
-                blk, grad=z if want_grad else None, workers=workers, scaling=scaling, sums=True
-            )
+                blk, grad=z if want_grad else None, workers=engine_workers, scaling=scaling,
+                sums=True,
+            )  # fmt: skip
             if loss_rows is not None:
                 loss_rows[r0:r1] = loss
             else:
@@ -353,8 +360,10 @@ _LINEAR_PARAMETERS = r"""
     num_classes : int, optional
         If given, must equal V.
     workers : int, optional
-        Threads of the loss engine, as in :func:`cross_entropy` (BLAS threads the
-        products itself).
+        Threads of the loss engine between the products, as in :func:`cross_entropy`.
+        The default, None, is one: BLAS threads the products itself (they are nearly
+        all the work), and the engine's threads would compete with BLAS's, which keep
+        spinning after each product.
     z_loss : float, default 0.0
         PaLM's z-loss coefficient, as in :func:`cross_entropy`.
     softcap : float, optional

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 import smoothce
 from smoothce import metrics
-from smoothce._exact import exact_sums
 from smoothce._engine import BLOCK_ELEMENTS
+from smoothce._exact import exact_sums
 from smoothce.calibration import expected_calibration_error
 
 RNG = np.random.default_rng(20261130)
