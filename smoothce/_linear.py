@@ -88,6 +88,17 @@ def _check_workspace(workspace: Any) -> int:
     return int(workspace)
 
 
+def aligned(a: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """``a`` in ``dtype``, copied if its memory is not aligned for it.
+
+    NumPy hands aligned arrays only to BLAS; an unaligned operand (a Dask worker
+    unpickles arrays at any byte offset) goes through NumPy's own loops, many times
+    slower and rounded differently, so the same call would give other bits there.
+    """
+    out = a.astype(dtype, copy=False)
+    return out if out.flags.aligned else out.copy()
+
+
 def logits_into(
     hidden: np.ndarray, classifier: np.ndarray, bias: np.ndarray | None, out: np.ndarray
 ) -> np.ndarray:
@@ -99,7 +110,7 @@ def logits_into(
     the unfused computation, without NumPy's warnings.
     """
     z = out[: hidden.shape[0]]
-    hb = hidden.astype(out.dtype, copy=False)
+    hb = aligned(hidden, out.dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         np.matmul(hb, classifier.T, out=z)
         if bias is not None:
@@ -208,11 +219,11 @@ class _Head:
     @functools.cached_property
     def _classifier_c(self) -> np.ndarray:
         """The classifier in the compute dtype (converted once per call, if at all)."""
-        return self.classifier.astype(self.dtype, copy=False)
+        return aligned(self.classifier, self.dtype)
 
     @functools.cached_property
     def _bias_c(self) -> np.ndarray | None:
-        return None if self.bias is None else self.bias.astype(self.dtype, copy=False)
+        return None if self.bias is None else aligned(self.bias, self.dtype)
 
     def run(
         self,
@@ -263,7 +274,7 @@ class _Head:
             tmp = np.empty((slab, d), dtype=dt)
         for r0 in range(0, N, rows):
             r1 = min(N, r0 + rows)
-            hb = self.h2[r0:r1].astype(dt, copy=False)
+            hb = aligned(self.h2[r0:r1], dt)
             z = self.block_logits(r0, r1, ws)
             blk = self.block(r0, r1, z)
             loss, _ = evaluate(

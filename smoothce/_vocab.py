@@ -39,7 +39,7 @@ from ._kernel import (
     window_stats,
     z_terms,
 )
-from ._linear import _Head, logits_into
+from ._linear import _Head, aligned, logits_into
 from ._scaling import Scaling, loss_unit
 from ._terms import Block, Terms
 from ._validation import Problem, prepare
@@ -181,8 +181,8 @@ def window_stats_of(
     p = rows_problem(spec, labels)
     n = p.labels.shape[0]
     h2 = np.asarray(hidden).reshape(n, spec.d)
-    Wj = np.asarray(classifier).astype(spec.dtype, copy=False)
-    bj = None if bias is None else np.asarray(bias).astype(spec.dtype, copy=False)
+    Wj = aligned(np.asarray(classifier), spec.dtype)
+    bj = None if bias is None else aligned(np.asarray(bias), spec.dtype)
     width = Wj.shape[0]
     k1 = k0 + width
     terms = Terms.of(p, k0, k1)
@@ -360,8 +360,8 @@ def window_grads(
     p = rows_problem(spec, labels)
     n, d = p.labels.shape[0], spec.d
     h2 = np.asarray(hidden).reshape(n, d)
-    Wj = np.asarray(classifier).astype(spec.dtype, copy=False)
-    bj = None if bias is None else np.asarray(bias).astype(spec.dtype, copy=False)
+    Wj = aligned(np.asarray(classifier), spec.dtype)
+    bj = None if bias is None else aligned(np.asarray(bias), spec.dtype)
     width = Wj.shape[0]
     terms = Terms.of(p, k0, k0 + width)
     plan = _loader(spec, terms, True, scaling)
@@ -390,7 +390,7 @@ def window_grads(
             block_t = dh_t[: d * (r1 - r0)].reshape(d, r1 - r0)
             np.matmul(Wj.T, G.T, out=block_t)
             dh[r0:r1] = block_t.T
-            _Head._accumulate(dW, G, h2[r0:r1].astype(spec.dtype, copy=False), tmp, r0 == 0)
+            _Head._accumulate(dW, G, aligned(h2[r0:r1], spec.dtype), tmp, r0 == 0)
             if db is not None:
                 db += G.sum(axis=0)
     return dh, dW, db

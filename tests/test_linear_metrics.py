@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from linear_head import ambiguous_rows, assert_metrics_close, materialise, rounding
 
+import smoothce
 from smoothce import _engine, metrics
 from smoothce._linear import DEFAULT_WORKSPACE
 
@@ -222,3 +223,31 @@ def test_argument_errors_are_those_of_the_linear_head_and_the_metrics(kwargs, er
     rest = {k: v for k, v in args.items() if k not in ("hidden", "classifier", "labels")}
     with pytest.raises(error, match=match):
         metrics.evaluate_linear(args["hidden"], args["classifier"], args["labels"], **rest)
+
+
+def _unaligned(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` at an odd byte offset, as a Dask worker unpickles arrays."""
+    buf = np.empty(a.nbytes + 1, dtype=np.uint8)
+    out = buf[1:].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned
+    return out
+
+
+def test_unaligned_inputs_give_the_bits_of_aligned_ones():
+    # NumPy hands only aligned arrays to BLAS; its own loops round differently (and
+    # run several times slower): an unaligned classifier changed the bits of the
+    # hidden states' gradient (found on a Dask worker, which unpickles at any offset).
+    rng = np.random.default_rng(9)
+    h = rng.standard_normal((37, 8)).astype(np.float32)
+    W = rng.standard_normal((37, 8)).astype(np.float32)
+    b = rng.standard_normal(37).astype(np.float32)
+    y = rng.integers(0, 37, 37)
+    want_m = metrics.evaluate_linear(h, W, y, 0.1, bias=b)
+    want_loss, want = smoothce.linear_cross_entropy_with_grad(h, W, y, 0.1, bias=b)
+    hu, Wu, bu = _unaligned(h), _unaligned(W), _unaligned(b)
+    assert metrics.evaluate_linear(hu, Wu, y, 0.1, bias=bu) == want_m
+    loss, grads = smoothce.linear_cross_entropy_with_grad(hu, Wu, y, 0.1, bias=bu)
+    assert loss == want_loss
+    for got, exp in zip(grads, want, strict=True):
+        np.testing.assert_array_equal(got, exp)
