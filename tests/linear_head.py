@@ -75,15 +75,21 @@ def ambiguous_rows(z, err, labels, n_bins):
     return (rank | edge) & keep
 
 
-def assert_metrics_close(got, want, rtol, *, exact_counts=True):
-    """Every value within ``rtol`` relative (the contract's), counts equal."""
+def assert_metrics_close(got, want, rtol, *, exact_counts=True, ambiguous=0):
+    """Every value within ``rtol`` relative (the contract's), counts equal; with
+    ``ambiguous`` rows (``ambiguous_rows``), the accuracy counts within that many rows
+    and the ECE within ``3 ambiguous / counted`` more (a row changing bins moves the
+    sum of the bins' gaps by at most 2, its top-1 verdict by at most 1)."""
+    n = max(want.counted, 1)
     for name in ("loss", "nll", "perplexity", "ece"):
         g, w = getattr(got, name), getattr(want, name)
-        assert np.isclose(g, w, rtol=rtol, atol=rtol * 1e-3, equal_nan=True), (name, g, w)
+        atol = rtol * 1e-3 + (3 * ambiguous / n if name == "ece" else 0.0)
+        assert np.isclose(g, w, rtol=rtol, atol=atol, equal_nan=True), (name, g, w)
     assert (got.counted, got.elements) == (want.counted, want.elements)
     assert (got.epsilon, got.top_k, got.n_bins) == (want.epsilon, want.top_k, want.n_bins)
     if exact_counts:
         for name in ("accuracy", "top_k_accuracy"):
             g, w = getattr(got, name), getattr(want, name)
-            assert g == w or (np.isnan(g) and np.isnan(w)), (name, g, w)
-        np.testing.assert_array_equal(got.bins.count, want.bins.count)
+            assert abs(g - w) * n <= ambiguous or (np.isnan(g) and np.isnan(w)), (name, g, w)
+        if not ambiguous:
+            np.testing.assert_array_equal(got.bins.count, want.bins.count)
