@@ -34,7 +34,7 @@ import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -58,7 +58,15 @@ from ._scaling import Scaling, loss_unit
 from ._validation import Problem, _check_ignore_index, check_class_indices, prepare
 from .calibration import _check_bins
 
-__all__ = ["cross_entropy", "cross_entropy_grad", "cross_entropy_with_grad", "evaluate"]
+__all__ = [
+    "cross_entropy",
+    "cross_entropy_grad",
+    "cross_entropy_with_grad",
+    "evaluate",
+    "evaluate_linear",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
+]
 
 #: Rechunking the class axis into one chunk moves every block; above this many bytes
 #: of logits it warns (:class:`dask.array.PerformanceWarning`).
@@ -769,3 +777,19 @@ def _result(acc: Any) -> _metrics.Metrics:
         acc.raise_()
     result: _metrics.Metrics = acc.result()
     return result
+
+
+# A linear head's loss, gradients and metrics from hidden states live in their own
+# module, which builds on the helpers above; it is imported on first use, since a
+# worker that unpickles one of its tasks imports it before this module.
+_LINEAR = ("evaluate_linear", "linear_cross_entropy", "linear_cross_entropy_with_grad")
+if TYPE_CHECKING:
+    from ._dask_linear import evaluate_linear, linear_cross_entropy, linear_cross_entropy_with_grad
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LINEAR:
+        from . import _dask_linear
+
+        return getattr(_dask_linear, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
