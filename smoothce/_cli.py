@@ -251,14 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
             "  python -m smoothce eval logits.npy labels.npy --epsilon 0.1 --json\n"
             "  python -m smoothce eval logits.zarr labels.zarr\n"
             "  python -m smoothce eval logits.zarr labels.npy --dask-workers 2\n"
-            "  python -m smoothce eval logits.zarr labels.zarr --scheduler tcp://host:8786"
+            "  python -m smoothce eval logits.zarr labels.zarr --scheduler tcp://host:8786\n"
+            "  python -m smoothce eval hidden.npy labels.npy --classifier W.npy --bias b.npy\n"
+            "  python -m smoothce eval hidden.zarr labels.zarr --classifier W.zarr \\\n"
+            "      --dask-workers 4"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ev.add_argument(
         "logits", metavar="LOGITS.npy",
-        help="logits, classes on --axis: a .npy file, a Zarr array or a directory of "
-        "shard_*.npy files",
+        help="logits, classes on --axis (or hidden states, with --classifier): a .npy "
+        "file, a Zarr array or a directory of shard_*.npy files",
     )  # fmt: skip
     ev.add_argument(
         "labels", metavar="LABELS.npy",
@@ -303,6 +306,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="run on a local Dask cluster of N single-threaded worker processes, "
         "started for this evaluation and stopped after it",
     )  # fmt: skip
+    head = ev.add_argument_group(
+        "a linear head's hidden states",
+        textwrap.fill(
+            "With --classifier, LOGITS is a file of hidden states (..., d) of a model whose "
+            "logits are hidden @ W.T + B (soft-capped with --softcap): the report is that of "
+            "the materialised logits, which are never stored "
+            "(smoothce.metrics.evaluate_linear; on Dask smoothce.dask.evaluate_linear, a "
+            "Zarr classifier chunked along its vocabulary split over the workers).",
+            width=79,
+            break_on_hyphens=False,
+        ),
+    )
+    head.add_argument(
+        "--classifier", metavar="W.npy",
+        help="the output layer's weight (V, d): a .npy file, a Zarr array or a directory "
+        "of shard_*.npy files (rows of classes)",
+    )  # fmt: skip
+    head.add_argument(
+        "--bias", metavar="B.npy", help="the output layer's bias (V,), a .npy file or Zarr"
+    )
+    head.add_argument(
+        "--softcap", type=_positive_float, metavar="C",
+        help="logit soft-capping: C * tanh(logits / C), as Gemma 2's",
+    )  # fmt: skip
     ev.add_argument("--chunk-elements", type=_positive, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -318,6 +345,11 @@ def run_eval(args: argparse.Namespace) -> int:
         prior=args.prior, bins=args.bins, progress=args.progress,
         chunk_elements=args.chunk_elements or CHUNK_ELEMENTS,
     )  # fmt: skip
+    if args.classifier is None and (args.bias is not None or args.softcap is not None):
+        print(
+            "error: --bias and --softcap belong to --classifier (hidden states)", file=sys.stderr
+        )
+        return 2
     paths = [args.logits, args.labels]
     if args.prior is not None and not named_prior(args.prior):
         paths.append(args.prior)  # a per-sample prior may be a Zarr array or shards too
@@ -327,7 +359,15 @@ def run_eval(args: argparse.Namespace) -> int:
         or any(is_zarr(path) or is_shards(path) for path in paths)
     )
     try:
-        if on_dask:
+        if args.classifier is not None:
+            from ._eval_linear import evaluate_hidden
+
+            report = evaluate_hidden(
+                args.logits, args.labels, classifier=args.classifier, bias=args.bias,
+                softcap=args.softcap, scheduler=args.scheduler,
+                dask_workers=args.dask_workers, **options,
+            )  # fmt: skip
+        elif on_dask:
             report = evaluate_dask(
                 args.logits, args.labels, scheduler=args.scheduler,
                 dask_workers=args.dask_workers, **options,

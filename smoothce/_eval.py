@@ -65,13 +65,30 @@ class Report:
     accuracy: float
     ece: float
     bins: int
+    # A linear head's hidden states (``eval --classifier``): ``logits`` is then the
+    # path of the hidden states, and these name the head's files.
+    classifier: str | None = None
+    bias: str | None = None
+    softcap: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        fields = asdict(self)
+        if self.classifier is None:
+            for key in ("classifier", "bias", "softcap"):
+                del fields[key]
+            return fields
+        return {"hidden": fields.pop("logits"), **fields}
 
     def format(self) -> str:
+        inputs = [("logits", self.logits)]
+        if self.classifier is not None:
+            inputs = [("hidden states", self.logits), ("classifier", self.classifier)]
+            if self.bias is not None:
+                inputs.append(("bias", self.bias))
+            if self.softcap is not None:
+                inputs.append(("softcap", f"{self.softcap:g}"))
         rows = [
-            ("logits", self.logits),
+            *inputs,
             ("labels", self.labels),
             ("elements", f"{self.elements} ({self.counted} counted), {self.num_classes} classes"),
             (f"smoothed loss (epsilon={self.epsilon:g})", f"{self.smoothed_loss:.6f}"),
