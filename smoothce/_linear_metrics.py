@@ -65,6 +65,10 @@ def accumulate_head(
     about every :data:`~smoothce.metrics.CHUNK_ELEMENTS` logits and at the end.
     """
     N, V = head.N, head.V
+    # One engine thread unless asked: BLAS threads the products, nearly all the work,
+    # and engine threads started between them fight its threads for the cores (as in
+    # the fused head's loss, smoothce._linear._Head.run).
+    engine_workers = 1 if workers is None else workers
     rows = head.block_rows()
     ws = np.empty((rows, V), dtype=head.dtype)
     total: Accumulator | None = None
@@ -72,7 +76,7 @@ def accumulate_head(
     for r0 in range(0, max(N, 1), rows):
         r1 = min(N, r0 + rows)
         z = head.block_logits(r0, r1, ws)
-        acc = _accumulate_problem(head.block(r0, r1, z), top_k, n_bins, workers)
+        acc = _accumulate_problem(head.block(r0, r1, z), top_k, n_bins, engine_workers)
         total = acc if total is None else total.merge(acc)
         if progress is not None and (r1 == N or (r1 - reported) * V >= CHUNK_ELEMENTS):
             progress(r1, N)
@@ -130,7 +134,8 @@ def evaluate_linear(
         As in :func:`smoothce.metrics.evaluate` (``prior`` without per-sample priors,
         which would be an (N, V) array).
     workers : int, optional
-        Threads of the loss engine (BLAS threads the products itself).
+        Threads of the loss engine; one by default, since BLAS threads the products,
+        nearly all the work, itself.
     workspace : int, default 32 MiB
         Bytes of the logits workspace: blocks of ``workspace // (V * itemsize)`` rows
         (at least one).
