@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._engine import evaluate, exact_sum, mean_denominators, reduce_sums
-from ._validation import Problem, as_array, is_bfloat16, plain, prepare
+from ._validation import Problem, as_array, compute_dtypes, plain, prepare
 
 __all__ = [
     "DEFAULT_WORKSPACE",
@@ -68,12 +68,11 @@ class LinearGrads(NamedTuple):
     bias: np.ndarray | None
 
 
-def _floating(name: str, a: np.ndarray) -> None:
-    if not (a.dtype.kind == "f" or is_bfloat16(a.dtype)):
-        raise TypeError(
-            f"{name} must be a floating array (float16, bfloat16, float32 or float64); "
-            f"got dtype {a.dtype}."
-        )
+def _floating(name: str, a: np.ndarray) -> tuple[np.dtype[Any], np.dtype[Any]]:
+    """``(compute dtype, gradient dtype)`` of a floating input: the loss functions' rule
+    (:func:`~smoothce._validation.compute_dtypes`), without integers. Big-endian float64
+    is computed in float64 and its gradient is native; float128 is refused."""
+    return compute_dtypes(a.dtype, name, integers=False)
 
 
 def _check_workspace(workspace: Any) -> int:
@@ -107,8 +106,8 @@ class _Head:
     ) -> None:
         h = as_array("hidden", hidden)
         W = as_array("classifier", classifier)
-        _floating("hidden", h)
-        _floating("classifier", W)
+        h_dtypes = _floating("hidden", h)
+        W_dtypes = _floating("classifier", W)
         if h.ndim < 1:
             raise ValueError(
                 "hidden must have at least one dimension (the features); got a scalar."
@@ -126,10 +125,10 @@ class _Head:
             )
         if V == 0:
             raise ValueError("classifier must have at least one row (class); got shape (0, d).")
-        b = None
+        b, b_dtypes = None, None
         if bias is not None:
             b = as_array("bias", bias)
-            _floating("bias", b)
+            b_dtypes = _floating("bias", b)
             if b.shape != (V,):
                 raise ValueError(f"bias must have shape ({V},); got shape {b.shape}.")
         y = as_array("labels", labels)
@@ -153,8 +152,10 @@ class _Head:
                     "would be an (N, V) array, the matrix this function exists to avoid."
                 )
         self.workspace = _check_workspace(workspace)
-        wide = any(a is not None and a.dtype == _F64 for a in (h, W, b))
+        wide = any(t is not None and t[0] == _F64 for t in (h_dtypes, W_dtypes, b_dtypes))
         self.dtype = _F64 if wide else _F32
+        # Each gradient in its input's dtype, native-endian (as the loss functions').
+        self.grad_dtypes = (h_dtypes[1], W_dtypes[1], None if b_dtypes is None else b_dtypes[1])
         self.hidden, self.classifier, self.bias = h, W, b
         self.N, self.V, self.d = math.prod(y.shape), V, d
         self.h2 = h.reshape(self.N, d)
@@ -189,7 +190,7 @@ class _Head:
         dh = dW = db = tmp = dh_t = None
         dh_rows = rows
         if want_grad:
-            dh = np.empty((N, d), dtype=self.hidden.dtype)
+            dh = np.empty((N, d), dtype=self.grad_dtypes[0])
             # d_hidden[block] is computed transposed, classifier.T @ G.T, into a
             # (d, rows) scratch: OpenBLAS runs (rows x V) @ (V x d) with few rows and a
             # long V about 6x slower than the same product transposed (measured at
@@ -238,10 +239,11 @@ class _Head:
             return total, None
         assert dh is not None
         assert dW is not None
+        _, W_out, b_out = self.grad_dtypes
         grads = LinearGrads(
             dh.reshape(self.hidden.shape),
-            dW.astype(self.classifier.dtype, copy=False),
-            None if db is None or self.bias is None else db.astype(self.bias.dtype, copy=False),
+            dW.astype(W_out, copy=False),
+            None if db is None or b_out is None else db.astype(b_out, copy=False),
         )
         return total, grads
 
@@ -317,7 +319,9 @@ _LINEAR_PARAMETERS = r"""
     Notes
     -----
     Everything is computed in float32, or float64 when any of ``hidden``,
-    ``classifier`` and ``bias`` is float64. The result equals the unfused computation
+    ``classifier`` and ``bias`` is float64 (of either byte order; gradients come back
+    native-endian). ``np.longdouble`` (float128) is refused, as for the logits of
+    :func:`cross_entropy`: no path computes in it. The result equals the unfused computation
     (the logits, then :func:`cross_entropy_with_grad`, then the products) within
     rounding; reduced losses add the blocks' float64 sums exactly before the one
     reduction, with the mean's denominators of the whole batch."""

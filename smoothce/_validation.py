@@ -182,8 +182,11 @@ def is_bfloat16(dtype: np.dtype[Any]) -> bool:
     return dtype.kind == "V" and dtype.name == "bfloat16" and dtype.itemsize == 2
 
 
-def compute_dtypes(dtype: np.dtype[Any]) -> tuple[np.dtype[Any], np.dtype[Any]]:
-    """``(compute dtype, output dtype)`` for logits of ``dtype``.
+def compute_dtypes(
+    dtype: np.dtype[Any], name: str = "logits", *, integers: bool = True
+) -> tuple[np.dtype[Any], np.dtype[Any]]:
+    """``(compute dtype, output dtype)`` for an input of ``dtype``: the one rule of which
+    dtypes smoothce computes in, for the logits and for the linear head's inputs.
 
     float16 and bfloat16 are computed in float32 (their 11- and 8-bit significands
     would make the sums meaningless) and written back in their own dtype; integers are
@@ -191,8 +194,25 @@ def compute_dtypes(dtype: np.dtype[Any]) -> tuple[np.dtype[Any], np.dtype[Any]]:
     from some files) is read where it lies and gives the same results as native input.
     NumPy has no arithmetic of its own for bfloat16 (ml_dtypes supplies slow loops), so
     the engine converts each block of bfloat16 logits to float32 before any operation.
+    Anything else, ``np.longdouble`` (float128) included, is refused: no path computes in
+    it, and computing it in float64 or float32 would silently drop its precision.
+
+    Parameters
+    ----------
+    dtype : numpy.dtype
+        The input's dtype.
+    name : str, default "logits"
+        The argument's name in the error message.
+    integers : bool, default True
+        Whether integer inputs are accepted (promoted to float64).
+
+    Returns
+    -------
+    compute, output : numpy.dtype
+        float32 or float64; the input's dtype in native byte order (float64 for
+        integers).
     """
-    if dtype.kind in "iu":
+    if integers and dtype.kind in "iu":
         return np.dtype(np.float64), np.dtype(np.float64)
     if is_bfloat16(dtype):
         return np.dtype(np.float32), dtype
@@ -201,9 +221,11 @@ def compute_dtypes(dtype: np.dtype[Any]) -> tuple[np.dtype[Any], np.dtype[Any]]:
         return np.dtype(np.float32), native
     if native in (np.float32, np.float64):
         return native, native
-    raise TypeError(
-        f"logits must be float16, bfloat16, float32, float64 or integer; got dtype {dtype}."
-    )
+    if integers:
+        allowed = "float16, bfloat16, float32, float64 or integer"
+    else:
+        allowed = "a floating array (float16, bfloat16, float32 or float64)"
+    raise TypeError(f"{name} must be {allowed}; got dtype {dtype}.")
 
 
 def check_epsilon(epsilon: Any) -> float:
