@@ -43,6 +43,17 @@ _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 
 
+def _quiet() -> np.errstate:
+    """The error state of the head's products, sums and casts to the gradients' dtypes.
+
+    A product beyond the compute dtype's range is ``inf`` (a NaN loss for its row, as
+    for such logits in :func:`cross_entropy`), ``inf * 0`` or ``inf - inf`` is NaN, and
+    a gradient beyond float16's range is ``inf``: the values the unfused computation
+    gives, which the semantics page documents, without NumPy's warnings.
+    """
+    return np.errstate(over="ignore", invalid="ignore")
+
+
 class LinearGrads(NamedTuple):
     """Gradients of the fused linear head, each in its input's dtype and shape.
 
@@ -208,9 +219,10 @@ class _Head:
             r1 = min(N, r0 + rows)
             hb = self.h2[r0:r1].astype(dt, copy=False)
             z = ws[: r1 - r0]
-            np.matmul(hb, Wc.T, out=z)
-            if bc is not None:
-                z += bc
+            with _quiet():
+                np.matmul(hb, Wc.T, out=z)
+                if bc is not None:
+                    z += bc
             blk = self._block(r0, r1, z, dens)
             loss, _ = evaluate(blk, grad=z if want_grad else None, workers=workers, sums=True)
             if loss_rows is not None:
@@ -226,11 +238,13 @@ class _Head:
                 for s0 in range(0, r1 - r0, dh_rows):
                     s1 = min(r1 - r0, s0 + dh_rows)
                     block_t = dh_t[: d * (s1 - s0)].reshape(d, s1 - s0)
-                    np.matmul(Wc.T, z[s0:s1].T, out=block_t)
-                    dh[r0 + s0 : r0 + s1] = block_t.T
-                self._accumulate(dW, z, hb, tmp, first=r0 == 0)
-                if db is not None:
-                    db += z.sum(axis=0)
+                    with _quiet():
+                        np.matmul(Wc.T, z[s0:s1].T, out=block_t)
+                        dh[r0 + s0 : r0 + s1] = block_t.T  # cast to hidden's dtype
+                with _quiet():
+                    self._accumulate(dW, z, hb, tmp, first=r0 == 0)
+                    if db is not None:
+                        db += z.sum(axis=0)
         if loss_rows is not None:
             total: Any = loss_rows.reshape(self.labels_shape)
         else:
@@ -240,11 +254,12 @@ class _Head:
         assert dh is not None
         assert dW is not None
         _, W_out, b_out = self.grad_dtypes
-        grads = LinearGrads(
-            dh.reshape(self.hidden.shape),
-            dW.astype(W_out, copy=False),
-            None if db is None or b_out is None else db.astype(b_out, copy=False),
-        )
+        with _quiet():
+            grads = LinearGrads(
+                dh.reshape(self.hidden.shape),
+                dW.astype(W_out, copy=False),
+                None if db is None or b_out is None else db.astype(b_out, copy=False),
+            )
         return total, grads
 
     def _block(self, r0: int, r1: int, z: np.ndarray, dens: tuple[float, float] | None) -> Problem:

@@ -76,3 +76,82 @@ def test_longdouble_inputs_are_refused_as_logits_are(name):
     for f in FUSED:
         with pytest.raises(TypeError, match=message):
             f(labels=y, epsilon=0.1, **args)
+
+
+# -- overflowing products and casts are quiet (issue 17, item 5; issue 16, item 8) --
+def _unfused(h, W, y, eps, **kw):
+    """Logits, then cross_entropy_with_grad, then the products: the computation the
+    head replaces, whose values (inf and NaN included) the head must give."""
+    with np.errstate(over="ignore", invalid="ignore"):  # the unfused products may warn
+        logits = h @ W.T
+    loss, G = smoothce.cross_entropy_with_grad(logits, y, eps, reduction="none", **kw)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return loss, G @ W, G.T @ h
+
+
+def _check_against_unfused(h, W, y, eps, rtol, **kw):
+    # One block, and blocks of two rows (d_classifier accumulated across blocks).
+    for workspace in (smoothce._linear.DEFAULT_WORKSPACE, 2 * V * h.itemsize):
+        for f in FUSED:
+            f(h, W, y, eps, workspace=workspace, **kw)  # no warning (an error here)
+    loss, g = smoothce.linear_cross_entropy_with_grad(
+        h, W, y, eps, reduction="none", workspace=2 * V * h.itemsize, **kw
+    )
+    want_loss, want_h, want_W = _unfused(h, W, y, eps, **kw)
+    # Non-finite exactly where the unfused values are; finite ones within rounding.
+    for got, want in ((loss, want_loss), (g.hidden, want_h), (g.classifier, want_W)):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+        ok = np.isfinite(want)
+        np.testing.assert_allclose(got[ok], want[ok], rtol=rtol, atol=0)
+    return loss, g
+
+
+def test_float32_logits_that_overflow_are_inf_quietly():
+    """'overflow encountered in matmul' leaked from the logits' product."""
+    h, W, _, y = _inputs(np.float32)
+    h[:3] *= np.float32(1e20)  # these rows' logits overflow float32: NaN losses
+    loss, _ = _check_against_unfused(h, W * np.float32(1e20), y, 0.1, rtol=1e-5)
+    assert np.isnan(loss[:3]).all()
+
+
+def test_float64_logits_that_overflow_are_inf_quietly():
+    h, W, _, y = _inputs(np.float64)
+    h[:2] *= 1e200
+    loss, _ = _check_against_unfused(h, W * 1e200, y, 0.1, rtol=1e-12)
+    assert np.isnan(loss[:2]).all()
+
+
+def test_an_infinite_classifier_entry_without_smoothing_is_quiet():
+    """'invalid value encountered in matmul': inf * 0 in the gradient's products."""
+    h, W, _, y = _inputs(np.float64)
+    y[y == 1] = 0
+    W[1, 0] = np.inf  # class 1's logit is +inf or -inf by the sign of hidden[:, 0]
+    loss, _ = _check_against_unfused(h, W, y, 0.0, rtol=1e-12)
+    assert np.isfinite(loss[h[:, 0] < 0]).all()  # -inf logit, no target mass: costs 0
+    assert np.isnan(loss[h[:, 0] > 0]).all()
+
+
+def test_float16_gradients_beyond_float16_are_inf_quietly():
+    """'overflow encountered in cast' leaked when float16 gradients overflowed."""
+    h, W, b, y = _inputs(np.float16)
+    h, W = h * np.float16(100), W * np.float16(100)
+    weight = np.full(V, 1e5)
+    kw = {"bias": b, "weight": weight, "reduction": "sum", "workspace": 2 * V * 4}
+    for f in FUSED:
+        f(h, W, y, 0.1, **kw)
+    loss, g = smoothce.linear_cross_entropy_with_grad(h, W, y, 0.1, **kw)
+    # The same values in float32, rounded once to float16: inf beyond 65504.
+    wide = [a.astype(np.float32) for a in (h, W, b)]
+    want_loss, want = smoothce.linear_cross_entropy_with_grad(
+        *wide[:2], y, 0.1, **{**kw, "bias": wide[2]}
+    )
+    assert loss == want_loss
+    with np.errstate(over="ignore"):
+        rounded = [a.astype(np.float16) for a in want]
+    for got, exp in zip(g, rounded, strict=True):
+        assert got.dtype == np.float16
+        np.testing.assert_array_equal(got, exp)
+    assert np.isinf(g.hidden).any()
+    assert np.isinf(g.classifier).any()
+    assert np.isinf(g.bias).any()
