@@ -393,10 +393,25 @@ def check_distribution_array(
 
 
 def as_real_array(name: str, values: npt.ArrayLike) -> np.ndarray:
+    """``values`` as a real array (floating or integer); bfloat16 as float32 (a copy).
+
+    bfloat16 class weights and priors are accepted, as Liger-Kernel accepts bfloat16
+    class weights: float32 holds every bfloat16 value exactly, and NumPy has no
+    arithmetic of its own for bfloat16.
+    """
     arr = as_array(name, values)
+    if is_bfloat16(arr.dtype):
+        return arr.astype(np.float32)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be a real floating or integer array; got dtype {arr.dtype}.")
     return arr
+
+
+def widen_bfloat16(a: np.ndarray, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
+    """``a`` itself, or its bfloat16 values converted exactly to ``dtype`` (float32 or
+    float64): probability targets may be bfloat16, like the logits, and are promoted
+    once as float16 ones are."""
+    return a.astype(dtype) if is_bfloat16(a.dtype) else a
 
 
 #: Largest class weights used as given (``scale = 1`` in :func:`check_weight`).
@@ -448,18 +463,23 @@ def prior_sum_tolerance(dtype: np.dtype[Any], K: int) -> float:
     Twice that bound leaves room for the normalisation's own division. Integers are
     exact: only the float64 sum's rounding is allowed.
 
-    For K = 1000 this is 1.1e-2 in float16, 1.3e-6 in float32 and 2.2e-13 in float64.
-    A prior summing to 1.1 is rejected in every dtype for every K up to 2**20; float16's
-    bound reaches 0.083 there, because float16 cannot hold a distribution over that
-    many classes any closer.
+    For K = 1000 this is 1.1e-2 in float16, 1.3e-6 in float32, 2.2e-13 in float64 and
+    8.6e-2 in bfloat16. A prior summing to 1.1 is rejected in every dtype for every K up
+    to 2**20 (bfloat16: up to 2048); float16's bound reaches 0.083 there, because
+    float16 cannot hold a distribution over that many classes any closer.
     """
     f64 = np.finfo(np.float64)
     exact_sum = K * float(f64.eps)
-    if dtype.kind != "f":
+    if is_bfloat16(dtype):
+        # float32's exponent range with 7 fraction bits (constants, so that the rule
+        # needs no ml_dtypes): eps 2**-7, smallest subnormal 2**-133.
+        eps, subnormal = 2.0**-7, 2.0**-133
+    elif dtype.kind == "f":
+        info = np.finfo(dtype)
+        eps, subnormal = float(info.eps), float(info.smallest_subnormal)
+    else:
         return exact_sum
-    info = np.finfo(dtype)
-    unit = float(info.eps) / 2  # unit roundoff
-    subnormal = float(info.smallest_subnormal)
+    unit = eps / 2  # unit roundoff
     levels = max(1, math.ceil(math.log2(K))) if K > 1 else 1
     return 2.0 * ((levels + 1) * unit + K * subnormal / 2) + exact_sum
 
@@ -495,7 +515,8 @@ def check_prior(
         if K < 2:
             raise ValueError(f"prior='others' needs at least 2 classes; got {K} class.")
         return Prior("others")
-    u = as_real_array("prior", prior)
+    given = as_array("prior", prior)
+    u = as_real_array("prior", given)  # bfloat16 read as float32, exactly
     if u.shape == (K,):
         kind: Literal["class", "sample"] = "class"
         sums = np.array([u.sum(dtype=np.float64)])
@@ -514,14 +535,14 @@ def check_prior(
             values = np.broadcast_to(promoted(u, compute_dtype), out_shape)
         values = classes_last(values, class_axis % len(out_shape))
     check_distribution_array("prior", u)
-    tol = prior_sum_tolerance(u.dtype, K)
+    tol = prior_sum_tolerance(given.dtype, K)  # the rounding of the dtype it came in
     off = np.abs(sums - 1.0) > tol
     if off.any():
         first = int(np.argmax(off))
         where = "" if kind == "class" else f" at batch position {_position(first, sums.shape)}"
         raise ValueError(
             f"prior must sum to 1 along the class axis (within {tol:.1e}, the rounding of "
-            f"{K} {u.dtype} values); got a sum of {float(sums.reshape(-1)[first])!r}{where}."
+            f"{K} {given.dtype} values); got a sum of {float(sums.reshape(-1)[first])!r}{where}."
         )
     return Prior(kind, values)
 
@@ -553,7 +574,8 @@ def prepare(
     cap = check_softcap(softcap)
 
     batch_shape = z_in.shape[:ax] + z_in.shape[ax + 1 :]
-    y = as_array("labels", labels)
+    # bfloat16 probability targets are promoted once, exactly, as float16 ones are.
+    y = widen_bfloat16(as_array("labels", labels), compute_dtype)
     # An empty Python list arrives as float64; with the class-index shape it is
     # unambiguous, so treat it as (zero) class indices.
     if y.dtype.kind == "f" and y.size == 0 and y.shape == batch_shape:
