@@ -136,7 +136,7 @@ def smooth_labels(
     probabilistic = is_probabilistic(y)
     if not probabilistic:
         out_shape = (*y.shape, K)
-        safe, _ = check_class_indices(y, K, None)
+        safe, _ = check_class_indices(y, K, None, can_ignore=False)
         flat: np.ndarray = safe.reshape(-1)
     else:
         if y.ndim == 0 or y.shape[-1] != K:

@@ -337,13 +337,18 @@ def labels_in_range(labels: np.ndarray, K: int) -> bool:
     return bool(np.maximum.reduce(labels, axis=None) < K)
 
 
+#: PyTorch's default ``ignore_index``; smoothce's is None.
+TORCH_IGNORE_INDEX = -100
+
+
 def check_class_indices(
-    labels: np.ndarray, K: int, ignore_index: int | None
+    labels: np.ndarray, K: int, ignore_index: int | None, *, can_ignore: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Validate integer labels; return ``(safe intp labels, counted mask or None)``.
 
     Ignored entries are replaced by 0 in the returned (new) array so the engine can
-    index with it; the mask says they contribute nothing.
+    index with it; the mask says they contribute nothing. ``can_ignore``: whether the
+    caller takes an ``ignore_index`` (then a label of -100 without one gets a hint).
     """
     counted = None
     if ignore_index is not None:
@@ -364,8 +369,16 @@ def check_class_indices(
             "" if ignore_index is None else f" or ignore_index={ignore_index}"
         )
         where = _position(first, labels.shape)
+        hint = ""
+        if can_ignore and ignore_index is None and value == TORCH_IGNORE_INDEX:
+            # Padding marked as PyTorch marks it, where smoothce ignores nothing.
+            hint = (
+                f" {TORCH_IGNORE_INDEX} is PyTorch's default ignore_index; smoothce ignores "
+                f"no label by default: pass ignore_index={TORCH_IGNORE_INDEX} to leave "
+                "these elements out."
+            )
         raise ValueError(
-            f"labels must be class indices in {allowed}; got labels{where} = {int(value)}."
+            f"labels must be class indices in {allowed}; got labels{where} = {int(value)}.{hint}"
         )
     if counted is None:
         # astype copies only when the dtype differs; intp labels are indexed as they are.
