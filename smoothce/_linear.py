@@ -339,7 +339,11 @@ _LINEAR_PARAMETERS = r"""
     :func:`cross_entropy`: no path computes in it. The result equals the unfused computation
     (the logits, then :func:`cross_entropy_with_grad`, then the products) within
     rounding; reduced losses add the blocks' float64 sums exactly before the one
-    reduction, with the mean's denominators of the whole batch."""
+    reduction, with the mean's denominators of the whole batch.
+
+    The products run in BLAS's threads. With OpenBLAS (NumPy's wheels), forking while
+    another thread is inside them deadlocks the parent in ``os.fork()``: start worker
+    processes with the "spawn" or "forkserver" start method (see the semantics page)."""
 
 
 def _linear_doc(func: Any) -> Any:

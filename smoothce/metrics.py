@@ -243,7 +243,9 @@ class Metrics:
     accuracy : float
         Fraction of counted elements whose top class is the label.
     top_k_accuracy : float
-        Fraction whose label is among the ``top_k`` top classes.
+        Fraction whose label is among the ``top_k`` top classes (ties go to the lower
+        class index, unlike scikit-learn's ``top_k_accuracy_score``: see
+        :func:`accuracy`).
     ece : float
         Expected calibration error over ``n_bins`` equal-width confidence bins:
         ``bins.ece()``, the float
@@ -733,7 +735,8 @@ def evaluate(
         Class weights of the ``loss`` and the ``nll`` (means weighted by
         ``weight[label]``, as PyTorch's). Accuracy and calibration count elements.
     top_k : int, default 5
-        ``k`` of ``top_k_accuracy`` (ties broken as in :func:`accuracy`).
+        ``k`` of ``top_k_accuracy`` (ties go to the lower class index, as in
+        :func:`accuracy`; scikit-learn's ``top_k_accuracy_score`` favours the higher).
     n_bins : int, default 15
         Equal-width confidence bins of the ECE (as in
         :func:`smoothce.calibration.expected_calibration_error`).
@@ -867,7 +870,11 @@ def accuracy(
 
     Ties are broken by class index, as :func:`numpy.argmax` does: the label ranks
     after every class with a larger logit and after every lower-indexed class with
-    the same logit. ``top_k >= K`` counts every element as correct.
+    the same logit. This is the opposite of scikit-learn's
+    :func:`~sklearn.metrics.top_k_accuracy_score`, which documents that among equal
+    scores the labels with the highest indices are chosen first: on tied logits the
+    two can disagree (``[[1.0, 1.0, 0.0]]`` with label 0 and ``top_k=1``: 1.0 here,
+    0.0 there). ``top_k >= K`` counts every element as correct.
 
     Parameters
     ----------

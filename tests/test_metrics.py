@@ -370,3 +370,14 @@ def test_nll_beyond_the_float64_range_with_a_small_weight_is_finite_and_quiet():
     assert m.loss == pytest.approx(want, rel=1e-15)
     # unweighted, the NLL itself is beyond range: inf, quietly
     assert metrics.nll(z, y) == np.inf
+
+
+def test_top_k_ties_go_to_the_lower_index_unlike_scikit_learn():
+    """The docs say so (accuracy, evaluate's top_k): scikit-learn's
+    top_k_accuracy_score documents the opposite tie rule, highest index first."""
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    z = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0]])
+    for y, ours, theirs in (([0, 1], 1.0, 0.0), ([1, 2], 0.0, 1.0)):
+        assert metrics.accuracy(z, y, top_k=1) == ours
+        assert metrics.evaluate(z, y, top_k=1).top_k_accuracy == ours
+        assert sklearn_metrics.top_k_accuracy_score(y, z, k=1, labels=[0, 1, 2]) == theirs
