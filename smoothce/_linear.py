@@ -57,6 +57,9 @@ def _quiet() -> np.errstate:
 class LinearGrads(NamedTuple):
     """Gradients of the fused linear head, each in its input's dtype and shape.
 
+    The byte order is native whatever the input's (big-endian ``'>f8'`` hidden states
+    give a native float64 gradient).
+
     Parameters
     ----------
     hidden : ndarray, shape (..., d)
