@@ -48,7 +48,7 @@ html_theme_options = {
 }
 # Pages without sub-pages get the full width (the semantics table needs it); so do the
 # two executed examples, whose printed tables and figures need it too.
-html_sidebars = {p: [] for p in ("getting_started", "mathematics", "semantics")}
+html_sidebars = {p: [] for p in ("getting_started", "mathematics", "semantics", "internals")}
 html_sidebars["generated_examples/*"] = []
 html_static_path = ["_static"]
 html_css_files = ["smoothce.css"]

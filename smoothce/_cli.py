@@ -34,6 +34,7 @@ from ._bench import (
     measure_shape,
     print_legend,
 )
+from ._eval_dask import INSTALL  # a string; Dask is imported only when it runs
 from ._loss import cross_entropy_with_grad, soft_target_cross_entropy
 from .calibration import MAX_BINS
 
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
             "batch axis) is evaluated on Dask, in this process's threads by default; "
             "--dask-workers or "
             "--scheduler run either kind of input on a Dask cluster, whose workers read "
-            "the data themselves (Dask needs: pip install 'smoothce[dask]'). Every path "
+            f"the data themselves (Dask needs the dask extra: {INSTALL}). Every path "
             "gives the same report. Exit status 2, with a one-line message, on a missing "
             "or unreadable file, a wrong shape, bad labels or non-finite logits (a NaN or "
             "+inf logit, or a row of -inf, in a counted row).",
@@ -275,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ev.add_argument(
         "--prior", default=None, metavar="uniform|others|PRIOR.npy",
-        help="smoothing prior: uniform (default), others (fairseq), or a .npy class prior",
+        help="smoothing prior: uniform (default), others (fairseq), or an array: a class "
+        "prior (K,) or one distribution per row (the logits' shape, read in chunks like "
+        "them), in a .npy file, a Zarr array or a directory of shard_*.npy files",
     )  # fmt: skip
     ev.add_argument(
         "--bins", type=_bins, default=15,
@@ -307,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from ._eval import CHUNK_ELEMENTS, EvalError, evaluate_files
+    from ._eval import CHUNK_ELEMENTS, EvalError, evaluate_files, named_prior
     from ._eval_dask import evaluate_dask, is_shards, is_zarr  # Dask only when it runs
 
     options: dict[str, Any] = dict(
@@ -315,10 +318,13 @@ def run_eval(args: argparse.Namespace) -> int:
         prior=args.prior, bins=args.bins, progress=args.progress,
         chunk_elements=args.chunk_elements or CHUNK_ELEMENTS,
     )  # fmt: skip
+    paths = [args.logits, args.labels]
+    if args.prior is not None and not named_prior(args.prior):
+        paths.append(args.prior)  # a per-sample prior may be a Zarr array or shards too
     on_dask = (
         args.scheduler is not None
         or args.dask_workers is not None
-        or any(is_zarr(path) or is_shards(path) for path in (args.logits, args.labels))
+        or any(is_zarr(path) or is_shards(path) for path in paths)
     )
     try:
         if on_dask:

@@ -1,59 +1,36 @@
-"""The lean path: small calls of the common case with the least Python and NumPy work.
+"""The lean path: small calls of the common case with the least Python work.
 
 Training loops call the loss on small batches (32-1024 rows), where a call's fixed
 cost, not its arithmetic, decides the speed. The common case there is a 2-D,
 C-contiguous float32/float64 array with the classes last, integer labels, any
 epsilon, the uniform or ``"others"`` prior, optionally ``ignore_index`` and class
 weights, fitting one block. :func:`lean_call` recognises it with a few type and shape
-tests and evaluates it with the engine's own functions, called in the order
-:meth:`smoothce._engine._Call.rows` calls them for that block, so results are bitwise
-those of the general path:
-
-* without weights, the :class:`~smoothce._terms.Hot` constants and their functions
-  (:func:`~smoothce._terms.hot_dot`, :func:`~smoothce._terms.hot_subtract`);
-* with weights, the general :class:`~smoothce._terms.Terms` of a
-  :class:`~smoothce._validation.Problem` built directly (no second validation);
-* for both, :func:`~smoothce._stable.row_sums`, :func:`~smoothce._stable.shift_rows`,
-  :func:`~smoothce._engine.row_losses`, :func:`~smoothce._engine.scale_exponentials`
-  and the mean's denominator :func:`~smoothce._terms.label_denominator`.
+tests, sets up the block's :class:`~smoothce._terms.Terms` and
+:class:`~smoothce._terms.Block` directly (no :class:`~smoothce._validation.Problem`),
+and runs :func:`smoothce._kernel.run_block` on it: the very function the engine runs
+on the same block, so results are bitwise those of the general path, for every value
+of the logits (no value sends a call elsewhere).
 
 Validation is not skipped, it is *deferred*: every argument the lean path does not
 recognise as valid at a glance (a list, a negative label or weight, a float epsilon
-outside [0, 1], an unknown reduction, weights needing rescaling, a row outside the
-fast range, a ``-inf`` logit...) sends the whole call to the general path, whose
-validation raises the documented error or whose engine handles the edge. Nothing is
+outside [0, 1], an unknown reduction, weights needing rescaling...) sends the whole
+call to the general path, whose validation raises the documented error. Nothing is
 written to ``out`` that the general path would not overwrite.
 
-Where a small call's time goes (float32, (32, 10), forward and gradient, counted
-with callgrind): about 175k instructions, of which 77% are the general path's own
-operations (two BLAS row sums and their float64 conversions, the label gather and
-the prior term of ``T``, the loss rows and their float64 total, the gradient's
-scaling and scatter) and 23% the lean path's checks and set-up (the label range,
-the overlap tests on ``out``, the flat label positions, the fast-range test on
-``S``, the quiet error state, the recognition). ``benchmarks/small_calls.py``
-measures the time.
+``benchmarks/small_calls.py`` measures the time it saves.
 """
 
 from __future__ import annotations
 
-import math
-from contextvars import ContextVar
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
-from ._engine import row_losses, scale_exponentials
-from ._stable import BLOCK_ELEMENTS, fast_exp_bounds, row_sums, shift_rows
-from ._terms import (
-    Block,
-    Terms,
-    _row_offsets,
-    hot_constants,
-    hot_dot,
-    hot_subtract,
-    label_denominator,
-)
-from ._validation import UNSCALED_WEIGHTS, Prior, Problem, Reduction, labels_in_range
+from . import _engine
+from ._compat import Quiet
+from ._kernel import Plan, run_block
+from ._terms import Block, Terms, common_terms, label_denominator
+from ._validation import UNSCALED_WEIGHTS, Prior, labels_in_range
 
 __all__ = ["lean_call"]
 
@@ -66,33 +43,7 @@ _WEIGHT_DTYPES = (np.dtype(np.float16), _F32, _F64)
 _W_LO, _W_HI = UNSCALED_WEIGHTS
 _PRIORS = {False: Prior("uniform"), True: Prior("others")}
 # ufunc reductions called directly: the ndarray methods add a Python frame each.
-_min, _max, _sum = np.minimum.reduce, np.maximum.reduce, np.add.reduce
-
-# The error state. `np.errstate` builds a new state from the current one on every
-# entry (a tenth of a small call); in NumPy 2 the state is a context variable, so the
-# quiet version of each current state is built once and set directly. The cache is
-# keyed by the state object itself (kept alive by the key, so never confused with a
-# later one) and bounded; NumPy 1.x, which has no such variable, uses np.errstate.
-_err_state: ContextVar[Any] | None
-try:
-    from numpy._core import _ufunc_config
-
-    _err_state = getattr(_ufunc_config, "_extobj_contextvar", None)
-    if not isinstance(_err_state, ContextVar):  # pragma: no cover - a later NumPy
-        _err_state = None
-except ImportError:  # pragma: no cover - NumPy 1.x
-    _err_state = None
-_QUIET: dict[Any, Any] = {}
-
-
-def _quiet_state(current: Any) -> Any:
-    """The state ``current`` with overflow and invalid operations ignored."""
-    assert _err_state is not None
-    with np.errstate(over="ignore", invalid="ignore"):
-        quiet = _err_state.get()
-    if len(_QUIET) < 16:
-        _QUIET[current] = quiet
-    return quiet
+_min, _max = np.minimum.reduce, np.maximum.reduce
 
 
 def _lean_weight(weight: Any, K: int) -> np.ndarray | None:
@@ -109,6 +60,23 @@ def _lean_weight(weight: Any, K: int) -> np.ndarray | None:
     if not (_min(w) >= 0.0 and (top == 0.0 or _W_LO <= top <= _W_HI)):
         return None
     return w
+
+
+_PLANS: dict[tuple[Any, ...], Plan] = {}
+
+
+def _plan(terms: Terms, want_loss: bool, want_grad: bool, c: float, dtype: Any) -> Plan:
+    """The call's :class:`~smoothce._kernel.Plan`, cached: a training loop repeats the
+    same one (the terms of weighted calls are new each time, so theirs is not kept)."""
+    key = (id(terms), want_loss, want_grad, c, dtype)
+    plan = _PLANS.get(key)
+    if plan is None or plan.terms is not terms:
+        plan = Plan(terms, want_loss, want_grad, c, dtype, dtype)
+        if terms.w_all is None:  # common_terms are cached and live on: ids stay valid
+            if len(_PLANS) >= 64:
+                _PLANS.clear()
+            _PLANS[key] = plan
+    return plan
 
 
 def lean_call(
@@ -140,7 +108,7 @@ def lean_call(
     if dtype != _F32 and dtype != _F64:  # also rejects non-native byte order
         return None
     N, K = logits.shape
-    if N == 0 or K == 0 or N * K > BLOCK_ELEMENTS or labels.shape[0] != N:
+    if N == 0 or K == 0 or N * K > _engine.BLOCK_ELEMENTS or labels.shape[0] != N:
         return None
     if labels.dtype.kind not in "iu" or num_classes is not None:
         return None
@@ -191,97 +159,26 @@ def lean_call(
             return None
     elif ignore_index is None and not labels_in_range(y, K):
         return None
-    flat = _row_offsets(N, K) + y
-    # -- evaluate: the engine's functions, in the order _Call.rows calls them ---------
+    if y.dtype != np.intp:  # uint64 + the int64 row offsets would give float64
+        y = y.astype(np.intp)
+    # -- evaluate: the engine's block, set up directly ---------------------------------
     ws = out if want_grad and out is not None else np.empty((N, K), dtype=dtype)
-    hot = hot_constants(K, eps, others)
-    W: Any = hot.W
-    # With weights: the general path's Terms and Block for this one block.
-    tb: tuple[Terms, Block] | None = None
-    if w is not None:
-        p = Problem(
-            z=logits,
-            logits_shape=(N, K),
-            axis=1,
-            num_classes=K,
-            compute_dtype=dtype,
-            grad_dtype=dtype,
-            epsilon=eps,
-            labels=y.astype(np.intp, copy=False),
-            probabilistic=False,
-            counted=counted,
-            prior=_PRIORS[others],
-            weight=w,
-            reduction=cast(Reduction, reduction),
-        )
-        tb = Terms(p), Block(p, (slice(0, N),), 0, K)
+    terms = common_terms(K, eps, others) if w is None else Terms(K, eps, _PRIORS[others], w)
     den = 1.0
     if reduction == "mean":
         den = label_denominator(N, y, counted, w)
-    c = 1.0 / den if den > 0.0 else 0.0
-    loss: Any = None
-    # One quiet error state for the whole evaluation: rows that overflow or meet
-    # inf - inf are refused below, and results beyond the dtype's range (a float32
-    # loss above 3.4e38) are inf quietly, as in the general path.
-    if _err_state is not None:
-        current = _err_state.get()
-        quiet = _QUIET.get(current)
-        token = _err_state.set(_quiet_state(current) if quiet is None else quiet)
-    else:  # pragma: no cover - NumPy 1.x
-        errstate = np.errstate(over="ignore", invalid="ignore")
-        errstate.__enter__()
-    try:
-        # _exp_and_dot of the engine, without its repairs (the general path's job).
-        if dtype == _F32:  # its fast path: no shift, while S stays in fast_exp_bounds
-            np.exp(logits, out=ws, dtype=ws.dtype)
-            S = row_sums(ws)
-            T = None
-            if want_loss:
-                T = hot_dot(logits, flat, hot) if tb is None else tb[0].dot(logits, tb[1])
-            lo, hi = fast_exp_bounds(K)
-            # argmin/argmax find NaN too (as the smallest and the largest), and cost
-            # a third of a reduction on short rows.
-            if not (lo <= S[S.argmin()] and S[S.argmax()] <= hi):
-                return None
-        else:
-            shift_rows(logits, ws)
-            T = None
-            if want_loss:
-                T = hot_dot(ws, flat, hot) if tb is None else tb[0].dot(ws, tb[1])
-            np.exp(ws, out=ws)
-            S = row_sums(ws)
-        if tb is not None:
-            W = tb[0].mass(tb[1])
-        if T is not None:
-            rows = row_losses(S, T, W, counted)
-            # The general path's float64 partial sum, also the check its repairs
-            # need: a counted row whose T is not finite (a -inf or NaN logit; T is
-            # never +inf here, the logits being bounded above in the fast range and
-            # shifted to <= 0 otherwise) has an inf or NaN loss, so the total is not
-            # finite and the engine repairs the row. Ignored rows' losses are zeroed,
-            # and their repair changes nothing the caller sees. A total that merely
-            # overflows goes to the general path too, which costs only time.
-            total = float(_sum(rows, dtype=_F64))
-            if not math.isfinite(total):
-                return None
+    # The gradient's factor: weights needing no rescaling leave the units as they are.
+    plan = _plan(terms, want_loss, want_grad, 1.0 / den if den > 0.0 else 0.0, dtype)
+    with Quiet():
+        losses, _ = run_block(plan, logits, ws, Block.whole_rows(y, counted, K))
+        loss: Any = None
+        if losses is not None:
             if reduction == "none":
-                loss = rows.astype(dtype)
+                loss = losses.astype(dtype)
             else:
+                # The engine's float64 partial sum of its one block, then its reduction.
+                total = float(losses.sum())
                 if reduction == "mean":
                     total = total / den if den > 0.0 else 0.0
-                loss = dtype.type(total)
-        if not want_grad:
-            return loss, None
-        scale_exponentials(ws, c, W, S)
-        if tb is None:
-            hot_subtract(ws, flat, hot, c)
-        else:
-            tb[0].subtract_targets(ws, tb[1], c)
-    finally:
-        if _err_state is not None:
-            _err_state.reset(token)
-        else:  # pragma: no cover - NumPy 1.x
-            errstate.__exit__(None, None, None)
-    if counted is not None:
-        ws[~counted] = 0
-    return loss, ws
+                loss = dtype.type(total)  # beyond float32's range: inf, quietly
+    return loss, (ws if want_grad else None)

@@ -23,7 +23,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from ._engine import evaluate, exact_sum, mean_denominators, reduce_sums
+from ._engine import evaluate
+from ._scaling import Scaling, exact_sum
 from ._validation import Problem, as_array, compute_dtypes, plain, prepare
 
 __all__ = [
@@ -193,7 +194,14 @@ class _Head:
 
     def run(self, want_grad: bool, workers: Any) -> tuple[Any, LinearGrads | None]:
         p, N, V, d, dt = self.p, self.N, self.V, self.d, self.dtype
-        dens = mean_denominators(p) if p.reduction == "mean" else None
+        # The whole batch's scaling (mean denominators), shared by every block.
+        scaling = Scaling.of(p)
+        # One thread for the engine unless asked: BLAS threads the three products,
+        # which are nearly all the work (2 d flops per logit each, against a few
+        # passes), and its threads keep spinning for a while after each product, so
+        # engine threads started between them fought them for the cores (the fused
+        # head ran 2.3x slower than the unfused one on 2 cores, 1.1x with BLAS on one).
+        engine_workers = 1 if workers is None else workers
         rows = max(1, min(N, self.workspace // (V * dt.itemsize)))
         ws = np.empty((rows, V), dtype=dt)
         Wc = self.classifier.astype(dt, copy=False)
@@ -226,8 +234,11 @@ class _Head:
                 np.matmul(hb, Wc.T, out=z)
                 if bc is not None:
                     z += bc
-            blk = self._block(r0, r1, z, dens)
-            loss, _ = evaluate(blk, grad=z if want_grad else None, workers=workers, sums=True)
+            blk = self._block(r0, r1, z)
+            loss, _ = evaluate(
+                blk, grad=z if want_grad else None, workers=engine_workers, scaling=scaling,
+                sums=True,
+            )  # fmt: skip
             if loss_rows is not None:
                 loss_rows[r0:r1] = loss
             else:
@@ -251,7 +262,7 @@ class _Head:
         if loss_rows is not None:
             total: Any = loss_rows.reshape(self.labels_shape)
         else:
-            total = reduce_sums(p, exact_sum(ce_parts), exact_sum(z_parts))
+            total = scaling.reduce(exact_sum(ce_parts), exact_sum(z_parts), p.scalar_dtype)
         if not want_grad:
             return total, None
         assert dh is not None
@@ -265,7 +276,7 @@ class _Head:
             )
         return total, grads
 
-    def _block(self, r0: int, r1: int, z: np.ndarray, dens: tuple[float, float] | None) -> Problem:
+    def _block(self, r0: int, r1: int, z: np.ndarray) -> Problem:
         """The engine's problem for rows ``[r0, r1)`` whose logits are ``z``."""
         p = self.p
         return replace(
@@ -274,7 +285,6 @@ class _Head:
             logits_shape=z.shape,
             labels=p.labels[r0:r1],
             counted=None if p.counted is None else p.counted[r0:r1],
-            mean_denominators=dens,
         )
 
     @staticmethod
@@ -321,8 +331,10 @@ _LINEAR_PARAMETERS = r"""
     num_classes : int, optional
         If given, must equal V.
     workers : int, optional
-        Threads of the loss engine, as in :func:`cross_entropy` (BLAS threads the
-        products itself).
+        Threads of the loss engine between the products, as in :func:`cross_entropy`.
+        The default, None, is one: BLAS threads the products itself (they are nearly
+        all the work), and the engine's threads would compete with BLAS's, which keep
+        spinning after each product.
     z_loss : float, default 0.0
         PaLM's z-loss coefficient, as in :func:`cross_entropy`.
     softcap : float, optional

@@ -96,10 +96,54 @@ def _shared_doc(func: Any) -> Any:
     return func
 
 
-def _plain(z_loss: Any, softcap: Any) -> bool:
-    """Whether the call uses neither z-loss nor soft-capping: only those may take the
-    lean path (:mod:`smoothce._lean`), which implements neither."""
-    return softcap is None and type(z_loss) in (float, int) and z_loss == 0
+def _compute(
+    logits: Any,
+    labels: Any,
+    epsilon: Any,
+    axis: Any,
+    reduction: Any,
+    prior: Any,
+    weight: Any,
+    ignore_index: Any,
+    num_classes: Any,
+    workers: Any,
+    z_loss: Any,
+    softcap: Any,
+    out: Any,
+    *,
+    want_loss: bool,
+    want_grad: bool,
+) -> tuple[Any, np.ndarray | None]:
+    """The one route of the three loss functions: ``(loss, grad)`` (None where not
+    wanted). The lean path answers the common small call (it implements neither the
+    z-loss nor soft-capping); everything else is validated once and run by the engine."""
+    if softcap is None and type(z_loss) in (float, int) and z_loss == 0:
+        lean = lean_call(
+            logits, labels, epsilon, axis, reduction, prior, weight, ignore_index,
+            num_classes, workers, out, want_loss, want_grad,
+        )  # fmt: skip
+        if lean is not None:
+            return lean
+    p = prepare(
+        logits,
+        labels,
+        epsilon,
+        axis=axis,
+        reduction=reduction,
+        prior=prior,
+        weight=weight,
+        ignore_index=ignore_index,
+        num_classes=num_classes,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
+    grad = None
+    if want_grad:
+        if out is None:
+            grad = np.empty(p.logits_shape, dtype=p.grad_dtype)
+        else:
+            grad = _validate_out(out, p, logits, labels)
+    return evaluate(p, want_loss=want_loss, grad=grad, workers=workers)
 
 
 def _validate_out(out: Any, p: Problem, logits: Any, labels: Any) -> np.ndarray:
@@ -207,26 +251,10 @@ def cross_entropy(
     >>> smoothce.cross_entropy(z, [[1, -100]], axis=1, ignore_index=-100, reduction="none")
     array([[1.3862..., 0.        ]])
     """
-    lean = _plain(z_loss, softcap) and lean_call(
+    loss, _ = _compute(
         logits, labels, epsilon, axis, reduction, prior, weight, ignore_index,
-        num_classes, workers, None, True, False,
+        num_classes, workers, z_loss, softcap, None, want_loss=True, want_grad=False,
     )  # fmt: skip
-    if lean:
-        return lean[0]
-    p = prepare(
-        logits,
-        labels,
-        epsilon,
-        axis=axis,
-        reduction=reduction,
-        prior=prior,
-        weight=weight,
-        ignore_index=ignore_index,
-        num_classes=num_classes,
-        z_loss=z_loss,
-        softcap=softcap,
-    )
-    loss, _ = evaluate(p, want_loss=True, workers=workers)
     return loss
 
 
@@ -279,27 +307,11 @@ def cross_entropy_grad(
     >>> g.sum(axis=-1)  # rows of an unweighted gradient sum to zero
     array([0.])
     """
-    lean = _plain(z_loss, softcap) and lean_call(
+    _, grad = _compute(
         logits, labels, epsilon, axis, reduction, prior, weight, ignore_index,
-        num_classes, workers, None, False, True,
+        num_classes, workers, z_loss, softcap, None, want_loss=False, want_grad=True,
     )  # fmt: skip
-    if lean and lean[1] is not None:
-        return lean[1]
-    p = prepare(
-        logits,
-        labels,
-        epsilon,
-        axis=axis,
-        reduction=reduction,
-        prior=prior,
-        weight=weight,
-        ignore_index=ignore_index,
-        num_classes=num_classes,
-        z_loss=z_loss,
-        softcap=softcap,
-    )
-    grad = np.empty(p.logits_shape, dtype=p.grad_dtype)
-    evaluate(p, want_loss=False, grad=grad, workers=workers)
+    assert grad is not None
     return grad
 
 
@@ -360,30 +372,11 @@ def cross_entropy_with_grad(
     >>> g is z
     True
     """
-    lean = _plain(z_loss, softcap) and lean_call(
+    loss, grad = _compute(
         logits, labels, epsilon, axis, reduction, prior, weight, ignore_index,
-        num_classes, workers, out, True, True,
+        num_classes, workers, z_loss, softcap, out, want_loss=True, want_grad=True,
     )  # fmt: skip
-    if lean:
-        return lean  # type: ignore[return-value]
-    p = prepare(
-        logits,
-        labels,
-        epsilon,
-        axis=axis,
-        reduction=reduction,
-        prior=prior,
-        weight=weight,
-        ignore_index=ignore_index,
-        num_classes=num_classes,
-        z_loss=z_loss,
-        softcap=softcap,
-    )
-    if out is None:
-        grad = np.empty(p.logits_shape, dtype=p.grad_dtype)
-    else:
-        grad = _validate_out(out, p, logits, labels)
-    loss, _ = evaluate(p, want_loss=True, grad=grad, workers=workers)
+    assert grad is not None
     return loss, grad
 
 

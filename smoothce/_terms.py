@@ -11,7 +11,8 @@ loss of one row in coordinates ``x = z - c`` (any per-row reference ``c``) is
 and its gradient is ``W p - w q``. This module computes ``W``, ``T`` and the
 ``- w q`` part of the gradient without building ``q`` for integer labels:
 
-* label part, one-hot ``t``: ``W_t = w_y``, ``T_t = w_y x_y`` (one gather per row);
+* label part, one-hot ``t``: ``W_t = w_y``, ``T_t = w_y log e_y`` (one gather per row),
+  where ``e_y`` is the label's exponential as the engine computed it (see below);
 * uniform prior: ``W_u = mean(w)``, ``T_u = sum_k w_k x_k / K`` (a row sum);
 * ``"others"``: the uniform sums over ``K - 1`` classes minus the label's share;
 * class prior ``u``: ``T_u = x @ (w u)``; per-sample prior: a row-wise dot product.
@@ -19,6 +20,15 @@ and its gradient is ``W p - w q``. This module computes ``W``, ``T`` and the
 Every quantity is restricted to a *window* of classes ``[k0, k1)``: the whole row for
 ordinary blocks, one chunk of it when a row is too long for one block and is
 streamed (:mod:`smoothce._engine` then adds the windows up).
+
+The label term reads ``log e_y`` rather than ``x_y``: the two differ by the rounding
+of one exponential (at most about one unit in the last place of ``e_y``), but ``S``
+contains that same rounded ``e_y``, so in ``W log S - T`` it cancels. A row whose
+softmax is one-hot (``S == e_y``) then costs exactly 0, and a confident row's small
+loss ``log(1 + sum_{k != y} e_k / e_y)`` keeps its relative accuracy instead of
+carrying an absolute error of one rounding of ``e_y``. Where ``e_y`` is not a normal
+number (a label logit more than ~87 below the row's reference in float32) its log is
+not accurate and ``x_y`` is used.
 
 Masked classes: a ``-inf`` logit gives ``x_k = -inf``; where ``q_k = 0`` the term
 ``q_k x_k`` must count as 0 (``0 log 0 = 0``), but floating point says NaN. The fast
@@ -33,17 +43,14 @@ from typing import Any
 
 import numpy as np
 
-from ._stable import Key, fast_exp_bounds, row_sums
+from ._stable import Key, row_sums
 from ._targets import dense_targets
 from ._validation import Prior, Problem
 
 __all__ = [
     "Block",
-    "Hot",
     "Terms",
-    "hot_constants",
-    "hot_dot",
-    "hot_subtract",
+    "common_terms",
     "label_denominator",
     "label_weights",
 ]
@@ -97,76 +104,28 @@ def label_denominator(
     return float(label_weights(labels, counted, weight).sum())
 
 
-class Hot:
-    """Constants of the common case: integer labels over whole rows, no class weights,
-    the uniform or ``"others"`` prior (PyTorch's default and fairseq's variant).
-
-    Its terms need one row sum and one gather (:func:`hot_dot`), its gradient one
-    scalar subtract and one scatter (:func:`hot_subtract`), and its mass ``W`` is the
-    same on every row. Both the general engine and the lean path for small calls
-    (:mod:`smoothce._lean`) take these constants from here.
-    """
-
-    __slots__ = ("K", "W", "a", "at_label", "eps", "others", "p_const", "share")
-
-    def __init__(self, K: int, eps: float, others: bool) -> None:
-        self.K, self.eps, self.a, self.others = K, eps, 1.0 - eps, others
-        self.p_const = 1.0 / (K - 1 if others else K)
-        self.share = eps * self.p_const  # epsilon * u_k on every class
-        self.at_label = self.a - self.share if others else self.a  # coefficient of x_y in T
-        # a * 1 + eps * (sum of u over the classes, minus the label's share for "others"),
-        # in this order: the loss multiplies by W only when it is not exactly 1.
-        mass = self.a + eps * (self.p_const * K)
-        if others:
-            mass -= eps * self.p_const
-        self.W = mass
+_PRIORS = {False: Prior("uniform"), True: Prior("others")}
 
 
 @functools.lru_cache(maxsize=64)
-def hot_constants(K: int, eps: float, others: bool) -> Hot:
-    """:class:`Hot` for a call, cached: training loops repeat the same (K, eps)."""
-    return Hot(K, eps, others)
+def common_terms(K: int, eps: float, others: bool) -> Terms:
+    """:class:`Terms` of the common case (integer labels over whole rows, no weights,
+    uniform or ``"others"`` prior), cached: training loops repeat the same (K, eps)."""
+    return Terms(K, eps, _PRIORS[others])
 
 
-def hot_dot(x: np.ndarray, flat_labels: np.ndarray, hot: Hot) -> np.ndarray:
-    """``T = eps u0 sum_k x_k + (a - eps u0 [others]) x_y`` per row, in float64.
-
-    ``x`` is a C-contiguous (rows, K) block; ``flat_labels`` the labels' positions in it
-    when flattened.
-    """
-    # The label logits are gathered into float64 before they meet the Python float
-    # `at_label`: NumPy keeps `float * float16_array` in float16, which rounded the loss
-    # of float16 logits to 11 bits (3e-4 relative error).
-    x_y: np.ndarray = x.reshape(-1).take(flat_labels).astype(_F64)
-    x_y *= hot.at_label  # in place: the same products, one array fewer
-    if hot.share == 0.0:
-        return x_y
-    T = row_sums(x)
-    T *= hot.share
-    T += x_y
-    return T
-
-
-def hot_subtract(g: np.ndarray, flat_labels: np.ndarray, hot: Hot, c: float) -> None:
-    """``g -= c q`` in place for one-hot labels and the uniform/"others" prior.
-
-    ``g`` is a C-contiguous (rows, K) block holding ``c W p``.
-    """
-    share = hot.share
-    flat = g.reshape(-1)  # a view: g is C-contiguous
-    # "others" gives the label no share of epsilon. Its column is read before the share
-    # is subtracted from every column and then written directly: subtracting the share
-    # and adding it back would cancel catastrophically (p_y - 1 + 1 at eps = 1 keeps
-    # only float32's absolute accuracy).
-    at_y = flat.take(flat_labels) if hot.others and share != 0.0 else None
-    # Python floats meet g as g's dtype (rounded once, to nearest: NumPy 2's weak
-    # scalars and NumPy 1's value-based casting agree here), as dtype.type(...) did.
-    if share != 0.0:
-        g -= c * share
-    if at_y is not None:
-        flat[flat_labels] = at_y - g.dtype.type(c * hot.a)
-    else:
-        flat[flat_labels] -= c * hot.a
+def _logs(e_y: np.ndarray, x_y: np.ndarray | None, normal: bool) -> np.ndarray:
+    """``log e_y`` in float64, ``x_y`` where ``e_y`` is not a normal number of its dtype
+    (``normal``: the caller knows it is, everywhere; then ``x_y`` may be None)."""
+    # Widened first: log's own float32 -> float64 cast (dtype=) costs twice as much.
+    logs: np.ndarray = np.log(e_y.astype(_F64))
+    if not normal and len(e_y):
+        assert x_y is not None
+        tiny = np.finfo(e_y.dtype).tiny
+        if not e_y.min() >= tiny:  # NaN rows: their x_y is NaN too
+            keep = ~(e_y >= tiny)
+            logs[keep] = x_y[keep]
+    return logs
 
 
 class Block:
@@ -210,6 +169,17 @@ class Block:
             u = u if full else u[:, k0:k1]
         self.u: np.ndarray | None = u
 
+    @classmethod
+    def whole_rows(cls, labels: np.ndarray, counted: np.ndarray | None, K: int) -> Block:
+        """The block of a 1-D array of safe integer ``labels`` over all ``K`` classes,
+        built directly (no ``Problem``): the lean path's block."""
+        blk = cls.__new__(cls)
+        blk.K, blk.n, blk.counted, blk.t, blk.u = K, labels.shape[0], counted, None, None
+        blk.labels = blk.label_cols = labels
+        blk.label_rows = slice(None)
+        blk.flat_labels = _row_offsets(blk.n, K) + labels
+        return blk
+
     @property
     def global_labels(self) -> np.ndarray:
         assert self.labels is not None
@@ -225,21 +195,6 @@ class Block:
         assert self.u is not None
         return self.u
 
-    def subset(self, which: np.ndarray) -> Block:
-        """The same targets for the rows ``which`` only (whole-row windows)."""
-        assert isinstance(self.label_rows, slice), "subsets are taken of whole rows"
-        sub = Block.__new__(Block)
-        sub.n = len(which)
-        sub.counted = None if self.counted is None else self.counted[which]
-        sub.t = None if self.t is None else self.t[which]
-        sub.labels = None if self.labels is None else self.labels[which]
-        sub.label_rows = slice(None)
-        sub.label_cols = sub.labels
-        sub.K = self.K
-        sub.flat_labels = None if sub.labels is None else np.arange(sub.n) * self.K + sub.labels
-        sub.u = None if self.u is None else self.u[which]
-        return sub
-
     def label_positions(self) -> tuple[Any, np.ndarray]:
         """``(rows, local columns)`` of the labels that fall in this block's window."""
         if self.label_cols is None:
@@ -249,50 +204,60 @@ class Block:
 
 
 class Terms:
-    """Per-call constants of the closed form for the classes ``[k0, k1)``."""
+    """Per-call constants of the closed form for the classes ``[k0, k1)``.
 
-    def __init__(self, p: Problem, k0: int = 0, k1: int | None = None) -> None:
-        K, eps = p.num_classes, p.epsilon
+    Built from a :class:`~smoothce._validation.Problem` (:meth:`of`), or for the common
+    case of integer labels with the uniform or ``"others"`` prior and no weights
+    directly (:func:`common_terms`, which the lean path uses without a ``Problem``).
+    """
+
+    def __init__(
+        self,
+        K: int,
+        eps: float,
+        prior: Prior,
+        weight: np.ndarray | None = None,
+        probabilistic: bool = False,
+        k0: int = 0,
+        k1: int | None = None,
+    ) -> None:
         k1 = K if k1 is None else k1
         self.K, self.k0, self.k1 = K, k0, k1
         self.eps, self.a = eps, 1.0 - eps
-        self.w_all = p.weight
-        self.w = None if p.weight is None else p.weight[k0:k1]
-        self.probabilistic = p.probabilistic
-        self.prior = p.prior
-        self.dtype = p.compute_dtype
+        self.w_all = weight
+        self.w = None if weight is None else weight[k0:k1]
+        self.probabilistic = probabilistic
+        self.prior = prior
         # Uniform, "others" and class priors make the prior term a dot product of x
         # with one vector; without weights the vector is constant and a row sum
         # replaces the dot product.
         self.p_const: float | None = None
         self.p_vec: np.ndarray | None = None
         self.p_vec_all: np.ndarray | None = None
-        kind = p.prior.kind
+        kind = prior.kind
         if kind in ("uniform", "others"):
             share = 1.0 / (K if kind == "uniform" else K - 1)
-            if p.weight is None:
+            if weight is None:
                 self.p_const = share
             else:
-                self.p_vec_all = p.weight * share
+                self.p_vec_all = weight * share
         elif kind == "class":
-            assert p.prior.values is not None
-            self.p_vec_all = p.prior.values if p.weight is None else p.prior.values * p.weight
+            assert prior.values is not None
+            self.p_vec_all = prior.values if weight is None else prior.values * weight
         if self.p_vec_all is not None:
             self.p_vec = self.p_vec_all[k0:k1]
         self.others = kind == "others"
-        # The common case (PyTorch's default and the benchmarks): integer labels over
-        # whole rows with the same prior share on every class. Its terms need one row
-        # sum and one gather, and its gradient one scalar subtract and one scatter.
-        self.hot: Hot | None = None
-        if not p.probabilistic and self.p_const is not None and k0 == 0 and k1 == K:
-            self.hot = hot_constants(K, eps, self.others)
-        self.fast_range = fast_exp_bounds(K)
         # sum over the window of w_k u_k, before "others" removes the label's share.
         self.prior_mass = (
             float(self.p_vec.sum())
             if self.p_vec is not None
             else (self.p_const or 0.0) * (k1 - k0)
         )
+
+    @classmethod
+    def of(cls, p: Problem, k0: int = 0, k1: int | None = None) -> Terms:
+        """The terms of ``p`` over the classes ``[k0, k1)`` (default: all of them)."""
+        return cls(p.num_classes, p.epsilon, p.prior, p.weight, p.probabilistic, k0, k1)
 
     # -- helpers ---------------------------------------------------------------
     def _label_weight(self, blk: Block) -> Any:
@@ -321,8 +286,6 @@ class Terms:
             return None
         if self.k0 != 0 or self.k1 != self.K:
             return None
-        if self.hot is not None:
-            return self.hot.W
         # a * 1 + eps * (sum of u over the classes, minus the label's share for "others")
         mass = self.a + self.eps * self.prior_mass
         if self.others:
@@ -357,45 +320,85 @@ class Terms:
                     W = W - (share if full else self._at_labels(share, blk))
         return W
 
-    def dot(self, x: np.ndarray, blk: Block) -> np.ndarray:
-        """``T = sum_k w_k q_k x_k`` over the window, per row, in float64.
+    def _at_label(self, x: np.ndarray, blk: Block) -> np.ndarray:
+        """``x`` at the labels that lie in the window (a flat gather for whole rows:
+        a ``take`` costs a third of 2-D fancy indexing)."""
+        if blk.flat_labels is not None:
+            result: np.ndarray = x.reshape(-1).take(blk.flat_labels)
+            return result
+        rows, cols = blk.label_positions()
+        result = x[rows, cols]
+        return result
 
-        ``x`` has shape (rows, window). May leave NaN in rows with a ``-inf`` entry;
-        :meth:`exact_dot` repairs them.
+    def dot_rest(
+        self, x: np.ndarray, blk: Block, want_x_y: bool = True
+    ) -> tuple[Any, np.ndarray | None]:
+        """``T = sum_k w_k q_k x_k`` over the window without its label term, per row
+        (float64, or the scalar 0.0 when nothing is left), and ``x_y`` (float64) of
+        the rows whose label lies in the window, when ``want_x_y`` or needed by
+        ``"others"`` (else None; always None for probability targets).
+
+        ``x`` is a C-contiguous (rows, window) block. The label term ``(1 - eps) w_y
+        log e_y`` needs the exponentials: :meth:`add_label_term` adds it. May leave
+        NaN in rows with a ``-inf`` entry; :meth:`exact_dot` repairs them.
+
+        Integer labels with the uniform or ``"others"`` prior and no weights, PyTorch's
+        default and the benchmarks' case, need one row sum and (for ``"others"``) one
+        gather.
         """
-        if self.hot is not None:
-            assert blk.flat_labels is not None
-            return hot_dot(x, blk.flat_labels, self.hot)
-        T = np.zeros(x.shape[0], dtype=_F64)
         w, a, eps = self.w, self.a, self.eps
         x_y = None
-        if not self.probabilistic:
-            rows, cols = blk.label_positions()
-            x_y = x[rows, cols].astype(_F64)
-        if a != 0.0:  # label part
-            if x_y is not None:
-                T[blk.label_rows] += a * (self._label_weight(blk) * x_y)
-            elif w is None:
-                T += a * _dot64("ik,ik->i", blk.targets, x)
-            else:
-                T += a * _dot64("ik,k,ik->i", blk.targets, w, x)
-        if eps != 0.0:  # prior part
-            if self.prior.kind == "sample":
-                u = blk.sample_prior
-                T += eps * (
-                    _dot64("ik,ik->i", u, x) if w is None else _dot64("ik,k,ik->i", u, w, x)
-                )
-            else:
-                if self.p_vec is None:
-                    assert self.p_const is not None
-                    T += (eps * self.p_const) * row_sums(x)
-                else:
-                    T += eps * _dot64("ik,k->i", x, self.p_vec)
-                if self.others:
-                    # u is zero on the label: take the label's term back out.
-                    assert x_y is not None
-                    T[blk.label_rows] -= eps * self._prior_share_at_label(blk) * x_y
-        return T
+        if not self.probabilistic and (want_x_y or (self.others and eps != 0.0)):
+            # Gathered into float64 before they meet a Python float: NumPy keeps
+            # `float * float16_array` in float16 (11 bits).
+            x_y = self._at_label(x, blk).astype(_F64)
+        T: Any = 0.0
+        if self.probabilistic and a != 0.0:  # the targets' part
+            t = blk.targets
+            T = a * (_dot64("ik,ik->i", t, x) if w is None else _dot64("ik,k,ik->i", t, w, x))
+        if eps == 0.0:
+            return T, x_y
+        if self.prior.kind == "sample":
+            u = blk.sample_prior
+            term = eps * (_dot64("ik,ik->i", u, x) if w is None else _dot64("ik,k,ik->i", u, w, x))
+        elif self.p_vec is None:
+            assert self.p_const is not None
+            term = row_sums(x)
+            term *= eps * self.p_const
+        else:
+            term = eps * _dot64("ik,k->i", x, self.p_vec)
+        if self.others:
+            # u is zero on the label: take the label's term back out.
+            assert x_y is not None
+            term[blk.label_rows] -= eps * self._prior_share_at_label(blk) * x_y
+        return (term if isinstance(T, float) else T + term), x_y
+
+    def label_logs(
+        self, e: np.ndarray, blk: Block, x_y: np.ndarray | None, normal: bool
+    ) -> np.ndarray:
+        """``log e_y`` (float64) of the rows whose label lies in the window, from the
+        block's exponentials ``e = exp(x)``; ``x_y`` (from :meth:`dot_rest`) where
+        ``e_y`` is not normal (``normal``: the caller knows it is, everywhere)."""
+        return _logs(self._at_label(e, blk), x_y, normal)
+
+    def add_label_term(self, T: Any, logs: np.ndarray | None, blk: Block) -> np.ndarray:
+        """``T + (1 - eps) w_y log e_y`` for the rows whose label lies in the window, as
+        a new array (``logs`` from :meth:`label_logs`, left as it is for the metrics'
+        observer; None for probability targets)."""
+        if logs is None or self.a == 0.0:
+            result: np.ndarray = np.broadcast_to(T, (blk.n,)) if np.ndim(T) == 0 else T
+            return result
+        if self.w_all is None:
+            term = logs * self.a if self.a != 1.0 else logs.copy()
+        else:
+            term = self.a * (self._label_weight(blk) * logs)
+        if isinstance(blk.label_rows, slice):  # every row has its label here
+            if not isinstance(T, float):
+                term += T
+            return term
+        full = np.zeros(blk.n, dtype=_F64) if isinstance(T, float) else T
+        full[blk.label_rows] += term
+        return full
 
     def exact_dot(
         self, z: np.ndarray, ref: np.ndarray | None, blk: Block, which: np.ndarray
@@ -445,34 +448,46 @@ class Terms:
 
     # -- backward --------------------------------------------------------------
     def subtract_targets(self, g: np.ndarray, blk: Block, c: float) -> None:
-        """``g -= c * w * q`` over the window, in place, without forming ``q``."""
+        """``g -= c * w * q`` over the window, in place, without forming ``q``.
+
+        For integer labels: one subtraction of the prior's share over the block and
+        one scatter at the labels (a flat one for whole rows).
+        """
         w, a, eps = self.w, self.a, self.eps
-        if self.hot is not None:
-            assert blk.flat_labels is not None
-            hot_subtract(g, blk.flat_labels, self.hot, c)
-            return
         if self.probabilistic and a != 0.0:
             t = blk.targets
             g -= (c * a) * (t if w is None else t * w)
         at_y = None
-        if not self.probabilistic:
-            rows, cols = blk.label_positions()
-            if eps != 0.0 and self.others:
-                at_y = g[rows, cols]  # read before the share is subtracted (see above)
+        if not self.probabilistic and eps != 0.0 and self.others:
+            # "others" gives the label no share of epsilon. Its entries are read before
+            # the share is subtracted from every class and then written directly:
+            # subtracting the share and adding it back would cancel catastrophically
+            # (p_y - 1 + 1 at eps = 1 keeps only float32's absolute accuracy).
+            at_y = self._at_label(g, blk)
         if eps != 0.0:
             if self.prior.kind == "sample":
                 u = blk.sample_prior
                 g -= (c * eps) * (u if w is None else u * w)
             elif self.p_vec is None:
                 assert self.p_const is not None
-                g -= g.dtype.type(c * eps * self.p_const)
+                # A Python float meets g as g's dtype, rounded once (NumPy 2's weak
+                # scalars and NumPy 1's value-based casting agree here).
+                g -= c * (eps * self.p_const)
             else:
                 g -= (c * eps * self.p_vec).astype(g.dtype)
-        if not self.probabilistic:
-            # One scatter per row: the label's (1 - eps) w_y; for "others" the label
-            # column is written from its value before the prior share was subtracted.
-            at_label = c * (a * self._label_weight(blk))
+        if self.probabilistic:
+            return
+        # One scatter per row: the label's (1 - eps) w_y.
+        at_label = c * (a * self._label_weight(blk))
+        if blk.flat_labels is not None:
+            flat = g.reshape(-1)  # a view: whole rows are C-contiguous blocks
             if at_y is not None:
-                g[rows, cols] = at_y - at_label
+                flat[blk.flat_labels] = at_y - at_label
             else:
-                g[rows, cols] -= at_label
+                flat[blk.flat_labels] -= at_label
+            return
+        rows, cols = blk.label_positions()
+        if at_y is not None:
+            g[rows, cols] = at_y - at_label
+        else:
+            g[rows, cols] -= at_label

@@ -59,9 +59,6 @@ class Problem:
         Coefficient of the auxiliary ``z_loss * logsumexp(z)**2`` per counted element.
     softcap : float or None
         Logits are replaced by ``softcap * tanh(z / softcap)`` before everything.
-    mean_denominators : (float, float) or None
-        ``(cross-entropy, z-loss)`` denominators of ``reduction="mean"`` when this
-        problem is one block of a larger batch (the fused linear head); None: its own.
     """
 
     z: np.ndarray
@@ -80,7 +77,6 @@ class Problem:
     weight_scale: float = 1.0
     z_loss: float = 0.0
     softcap: float | None = None
-    mean_denominators: tuple[float, float] | None = None
 
     @property
     def batch_shape(self) -> tuple[int, ...]:

@@ -50,11 +50,11 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from exc
 
 from . import metrics as _metrics
-from ._engine import _Call, loss_scale
+from ._engine import run
 from ._exact import ExactSum, exact_sums
 from ._loss import cross_entropy as _np_cross_entropy
 from ._loss import cross_entropy_with_grad as _np_cross_entropy_with_grad
-from ._stable import BLOCK_ELEMENTS
+from ._scaling import Scaling, loss_unit
 from ._validation import Problem, _check_ignore_index, check_class_indices, prepare
 from .calibration import _check_bins
 
@@ -325,11 +325,8 @@ def _loss_part(
     for subnormal products is most of their digits).
     """
     p = _block_problem(s, z, y, u)
-    call = _metrics._engine_call(p, s["reduction"])
-    call.scale = 1.0  # engine units
-    _metrics._run(call, s["workers"])
-    assert call.loss_rows is not None
-    (total,) = exact_sums(call.loss_rows.reshape(-1))
+    rows = _metrics.engine_rows(p, 1.0, s["workers"])  # engine units
+    (total,) = exact_sums(rows.reshape(-1))
     return total, _metrics._exact_denominator(p)
 
 
@@ -376,8 +373,8 @@ def _tree(parts: list[Any]) -> Any:
 
 def _finish_loss(part: Any, reduction: str, dtype: np.dtype[Any], scale: float) -> Any:
     """The reduced loss from the merged ``(sum, denominator)`` in engine units, times
-    ``scale`` (:func:`~smoothce._engine.loss_scale`) once, as
-    :func:`~smoothce._engine.reduce_sums` does in memory."""
+    ``scale`` (:func:`~smoothce._scaling.loss_unit`) once, as
+    :meth:`~smoothce._scaling.Scaling.reduce` does in memory."""
     if isinstance(part, _Bad):
         part.raise_()
     total, den = part
@@ -418,23 +415,16 @@ def _grad_block(
     p = _block_problem(s, z, y, u)
     grad = np.empty(p.logits_shape, dtype=p.grad_dtype)
     g_moved = np.moveaxis(grad, p.axis, -1)
-    call = _Call(replace(p, reduction="none"), s["want_loss"], g_moved)
     # The gradient in true units (the engine's weight units for a weighted mean of
-    # integer labels, whose denominator is in those units too); the loss part in
-    # engine units, scaled once by `_finish_loss` after the merge.
-    scale = loss_scale(p, reduction)
-    call.c = scale
-    if reduction == "mean":
-        d = float(den)  # the global denominator, computed from the labels first
-        call.c = scale / d if d > 0.0 else 0.0  # as _Call's, global denominator
-    call.scale = 1.0
+    # integer labels, whose denominator is in those units too) with the *global*
+    # denominator, computed from the labels first; the loss part in engine units
+    # (unit 1), scaled once by `_finish_loss` after the merge.
+    dens = (float(den), 1.0) if reduction == "mean" else None
+    scaling = replace(Scaling.of(p, reduction, dens), unit=1.0)
     rows = None
     if s["want_loss"]:
-        call.loss_rows = rows = np.zeros(p.batch_shape, dtype=np.float64)
-    if p.num_classes > BLOCK_ELEMENTS:
-        call.streamed(s["workers"])
-    else:
-        call.rows(s["workers"])
+        rows = np.zeros(p.batch_shape, dtype=np.float64)
+    run(p, scaling, want_loss=s["want_loss"], grad=g_moved, loss_rows=rows, workers=s["workers"])
     part = None
     if rows is not None:
         (total,) = exact_sums(rows)
@@ -499,7 +489,7 @@ def _loss_graph(st: _Setup, workers: Any) -> da.Array:
         for idx, zb, yb, ub in st.delayed_blocks()
     ]
     total = dask.delayed(_finish_loss, pure=True)(
-        _tree(parts), st.reduction, st.p.scalar_dtype, loss_scale(st.p, st.reduction)
+        _tree(parts), st.reduction, st.p.scalar_dtype, loss_unit(st.p, st.reduction)
     )
     return da.from_delayed(total, shape=(), dtype=st.p.scalar_dtype)
 
@@ -551,7 +541,7 @@ def _loss_from_pairs(st: _Setup, pairs: dict[tuple[int, ...], Any]) -> da.Array:
         return loss if loss.chunks == original else loss.rechunk(original)
     parts = [dask.delayed(_first, pure=True)(p) for p in pairs.values()]
     total = dask.delayed(_finish_loss, pure=True)(
-        _tree(parts), st.reduction, st.p.scalar_dtype, loss_scale(st.p, st.reduction)
+        _tree(parts), st.reduction, st.p.scalar_dtype, loss_unit(st.p, st.reduction)
     )
     return da.from_delayed(total, shape=(), dtype=st.p.scalar_dtype)
 

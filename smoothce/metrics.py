@@ -20,9 +20,10 @@ engine computes every row's (smoothed, weighted) loss from its sum of exponentia
 the metrics: they take the log-sum-exp :math:`\operatorname{lse}(z_i) = \log S_i +
 c_i` from the engine's own sums, and the top class, the row maximum :math:`m_i` and
 the label logit from one more read of the block. Everything else follows in float64
-without another exponential, in the engine's shifted coordinates (so that the
-logits' offset is never rounded into the result): the NLL :math:`\ell_i =
-\operatorname{lse}(z_i) - z_{i,y_i} = \log S_i - (z_{i,y_i} - c_i)` and the
+without another exponential, in the engine's coordinates (so that the logits' offset
+is never rounded into the result): the NLL :math:`\ell_i = \operatorname{lse}(z_i) -
+z_{i,y_i} = \log S_i - \log e_{i,y_i}`, with the label's own exponential
+:math:`e_{i,y_i} = e^{z_{i,y_i} - c_i}` as the loss takes it, and the
 confidence :math:`\max_k p_{ik} = e^{m_i - \operatorname{lse}(z_i)} = e^{(m_i -
 c_i) - \log S_i}`, whatever ``epsilon`` and ``weight`` are.
 
@@ -45,10 +46,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from . import _engine
 from ._bins import BinCounts, bin_index, check_bins
-from ._engine import _Call, _with_batch_axis, finish_losses, loss_scale
+from ._engine import run, with_batch_axis
 from ._exact import ExactSum, exact_sums
-from ._stable import BLOCK_ELEMENTS, row_blocks, widen_float16
+from ._kernel import finish_losses
+from ._scaling import Scaling, loss_unit
+from ._stable import row_blocks, widen_float16
 from ._terms import label_weights
 from ._validation import Prior, Problem, classes_last, prepare
 
@@ -102,7 +106,7 @@ def _prepare(
     if p.probabilistic:
         _reject_probabilities(np.asarray(labels).dtype)
     if not p.batch_shape:  # one sample: a batch of one row
-        p = _with_batch_axis(p)
+        p = with_batch_axis(p)
     return p
 
 
@@ -115,24 +119,16 @@ def _reject_probabilities(dtype: np.dtype[Any]) -> None:
 
 
 # -- the engine, per element, in float64 -------------------------------------------
-def _engine_call(p: Problem, reduction: str) -> _Call:
-    """An engine call writing each element's loss in float64 to ``call.loss_rows``.
+def engine_rows(p: Problem, unit: float, workers: Any, **observers: Any) -> np.ndarray:
+    """Each element's loss in float64 (batch shape), ``unit`` times the engine's.
 
-    The losses are in the units ``reduction`` divides (:func:`~smoothce._engine.loss_scale`):
-    for a weighted mean of integer labels, the engine's weight units, those of
-    :func:`_exact_denominator`, so the ratio is right for any weights.
+    For a weighted mean of integer labels, :func:`~smoothce._scaling.loss_unit` is 1:
+    the rows stay in the engine's weight units, those of :func:`_exact_denominator`, so
+    the ratio is right for any weights. ``observers`` go to :func:`smoothce._engine.run`.
     """
-    call = _Call(replace(p, reduction="none"), True, None)
-    call.scale = loss_scale(p, reduction)
-    call.loss_rows = np.zeros(p.batch_shape, dtype=np.float64)
-    return call
-
-
-def _run(call: _Call, workers: Any) -> None:
-    if call.K > BLOCK_ELEMENTS:
-        call.streamed(workers)
-    else:
-        call.rows(workers)
+    rows = np.zeros(p.batch_shape, dtype=np.float64)
+    run(p, Scaling(unit=unit), want_loss=True, loss_rows=rows, workers=workers, **observers)
+    return rows
 
 
 def _exact_denominator(p: Problem) -> ExactSum:
@@ -150,7 +146,7 @@ def _exact_denominator(p: Problem) -> ExactSum:
 
 def _block_rows(p: Problem) -> int:
     """Rows per engine block (whole rows; one row for streamed rows)."""
-    return max(1, BLOCK_ELEMENTS // p.num_classes)
+    return max(1, _engine.BLOCK_ELEMENTS // p.num_classes)
 
 
 def _scan(p: Problem, top_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -407,9 +403,10 @@ class _Pass:
     """Per element (flat, C order) values of one engine pass; see :func:`_one_pass`."""
 
     loss: np.ndarray  # the (smoothed, weighted) loss, float64, units of the mean
-    log_s: np.ndarray  # log S of the row in the engine's shifted coordinates, float64
-    ref: np.ndarray  # the row's shift (lse = log S + ref), float64, exact
+    log_s: np.ndarray  # log S of the row in the engine's coordinates, float64
+    ref: np.ndarray  # the row's reference (lse = log S + ref), float64, exact
     zy: np.ndarray  # label logit, float64 (exact)
+    label_log: np.ndarray  # log e_y of the label in the engine's coordinates, float64
     m: np.ndarray | None = None  # row maximum, float64 (exact)
     top1: np.ndarray | None = None  # bool: the label is the argmax
     topk: np.ndarray | None = None  # bool: the label ranks among the top_k
@@ -421,55 +418,54 @@ def _one_pass(p: Problem, top_k: int, workers: Any, scan: bool = True) -> _Pass:
     The engine hands each block to ``observe`` after its exponentials, while the block
     is in cache and, for float16 and integer logits, already converted to the compute
     dtype: the log-sum-exp comes from the engine's own row sums (``lse = log S +
-    ref``, kept as the two parts: see :func:`_nll_rows`), the label logit is
-    gathered, and with ``scan`` the argmax, the row maximum and the top-k test read
-    the converted block once more. Rows longer than a block are streamed: the engine
+    ref``, kept as the two parts: see :func:`_nll_rows`) and the label's ``log e_y``
+    from its own exponential (the loss's label term), the label logit is gathered,
+    and with ``scan`` the argmax, the row maximum and the top-k test read the
+    converted block once more. Rows longer than a block are streamed: the engine
     gives their ``(max, S)`` and :func:`_scan` reads them for the rest.
     """
-    call = _engine_call(p, "mean")
-    # Convert integer blocks once into float64 scratch, as the engine does float16 ones
-    # into float32: the engine and the observer then both read the converted block,
-    # and NumPy's argmax is not vectorised for float16. Exact values, the same bits.
-    call.transform = call.transform or p.z.dtype != p.compute_dtype
+    unit = loss_unit(p, "mean")
     shape = p.batch_shape
     log_s = np.empty(shape)
     ref_a = np.zeros(shape)
-    if call.K > BLOCK_ELEMENTS:
+    if p.num_classes > _engine.BLOCK_ELEMENTS:
 
         def observe_streamed(m_row: np.ndarray, S_row: np.ndarray) -> None:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                np.log(S_row, out=log_s.reshape(-1))
+            np.log(S_row, out=log_s.reshape(-1))
             ref_a.reshape(-1)[...] = m_row
 
-        call.observe_streamed = observe_streamed
-        _run(call, workers)
-        assert call.loss_rows is not None
+        rows = engine_rows(p, unit, workers, observe_streamed=observe_streamed)
+        m = top1 = topk = None
         if scan:
             top1, topk, m, zy = _scan(p, top_k)
-            rows = call.loss_rows.reshape(-1)
-            return _Pass(rows, log_s.reshape(-1), ref_a.reshape(-1), zy, m, top1, topk)
-        zy = np.take_along_axis(classes_last(p.z, p.axis), p.labels[..., np.newaxis], axis=-1)
-        return _Pass(
-            call.loss_rows.reshape(-1), log_s.reshape(-1), ref_a.reshape(-1),
-            zy.reshape(-1).astype(np.float64),
-        )  # fmt: skip
+        else:
+            zy = (
+                np.take_along_axis(classes_last(p.z, p.axis), p.labels[..., np.newaxis], axis=-1)
+                .reshape(-1)
+                .astype(np.float64)
+            )
+        ref = ref_a.reshape(-1)
+        with np.errstate(invalid="ignore"):  # undefined rows: inf - inf
+            label_log = zy - ref  # float64: exact for float32 logits
+        return _Pass(rows.reshape(-1), log_s.reshape(-1), ref, zy, label_log, m, top1, topk)
     zy_a = np.empty(shape)
+    label_a = np.empty(shape)
     m_a = np.empty(shape) if scan else None
     top1_a = np.empty(shape, dtype=bool) if scan else None
     topk_a = top1_a if top_k == 1 or not scan else np.empty(shape, dtype=bool)
-    K = call.K
+    K = p.num_classes
     cols = np.arange(K) if 1 < top_k < K else None
 
-    def observe(key: Any, z2: np.ndarray, S: np.ndarray, ref: Any) -> None:
+    def observe(key: Any, z2: np.ndarray, S: np.ndarray, ref: Any, logs: Any) -> None:
         y = p.labels[key].reshape(-1)  # safe labels: ignored elements read class 0
         rows = np.arange(len(y))
         label_logit = z2[rows, y]
         out = log_s[key]
-        with np.errstate(divide="ignore", invalid="ignore"):  # NaN/inf rows: undefined
-            out[...] = np.log(S).reshape(out.shape)
+        out[...] = np.log(S).reshape(out.shape)  # NaN/inf rows: undefined, quietly
         if ref is not None:
             ref_a[key] = ref.reshape(out.shape)
         zy_a[key] = label_logit.reshape(out.shape)
+        label_a[key] = logs.reshape(out.shape)
         if m_a is None or top1_a is None or topk_a is None:
             return
         pred = z2.argmax(axis=1)  # ties: the lower index, as numpy
@@ -480,16 +476,14 @@ def _one_pass(p: Problem, top_k: int, workers: Any, scan: bool = True) -> _Pass:
         elif top_k >= K and topk_a is not top1_a:
             topk_a[key] = True
 
-    call.observe = observe
-    _run(call, workers)
-    assert call.loss_rows is not None
+    rows = engine_rows(p, unit, workers, observe=observe)
 
     def flat(a: np.ndarray | None) -> np.ndarray | None:
         return None if a is None else a.reshape(-1)
 
     return _Pass(
-        call.loss_rows.reshape(-1), log_s.reshape(-1), ref_a.reshape(-1), zy_a.reshape(-1),
-        flat(m_a), flat(top1_a), flat(topk_a),
+        rows.reshape(-1), log_s.reshape(-1), ref_a.reshape(-1), zy_a.reshape(-1),
+        label_a.reshape(-1), flat(m_a), flat(top1_a), flat(topk_a),
     )  # fmt: skip
 
 
@@ -503,12 +497,13 @@ def _nll_rows(p: Problem, r: _Pass, keep: np.ndarray) -> np.ndarray:
     """The NLL per element (weighted by ``w_y`` with class weights), float64, 0
     where not ``keep``.
 
-    ``-log p_y = log S - (z_y - ref)`` in float64 from the pass's values, in the
-    engine's shifted coordinates (a label logit of -inf gives +inf). Never as
-    ``lse - z_y``: ``lse = log S + ref`` would round at the scale of the logits
-    (ulp(1e10) = 2e-6) what is then subtracted away. Clamped at 0 against the
-    rounding of log S, as the engine's losses
-    (:func:`~smoothce._engine.finish_losses`). It is formed so for every epsilon, so
+    ``-log p_y = log S - log e_y`` in float64 from the pass's values, in the
+    engine's coordinates: the loss's own label term (:mod:`smoothce._terms`), so a
+    row whose softmax is one-hot has an NLL of exactly 0, and a label logit of -inf
+    gives +inf. Never as ``lse - z_y``: ``lse = log S + ref`` would round at the scale
+    of the logits (ulp(1e10) = 2e-6) what is then subtracted away. Clamped at 0
+    against the rounding of log S, as the engine's losses
+    (:func:`~smoothce._kernel.finish_losses`). It is formed so for every epsilon, so
     that the NLL of :func:`evaluate` and :func:`nll` agree to the bit. The weighted
     NLL is ``w_y`` times it, in the engine's weight units (those of the denominator),
     with the engine's two edges: a label of weight 0 adds 0 even where its NLL is
@@ -518,7 +513,7 @@ def _nll_rows(p: Problem, r: _Pass, keep: np.ndarray) -> np.ndarray:
     """
     # inf - inf in undefined rows: NaN; finite logits more than 1.8e308 apart: inf
     with np.errstate(invalid="ignore", over="ignore"):
-        nll_rows = finish_losses(r.log_s - (r.zy - r.ref), None if p.counted is None else keep)
+        nll_rows = finish_losses(r.log_s - r.label_log, None if p.counted is None else keep)
     if p.weight is None:
         return nll_rows
     w_y = p.weight[p.labels.reshape(-1)]

@@ -1,5 +1,6 @@
 """The engine's own guarantees: workers give identical bits, streamed rows equal whole
-rows, the unshifted fast path stays within its proven error, memmaps stream."""
+rows, every row is exponentiated once whatever its values, a row's bits depend on that
+row alone, the unshifted window holds its error at its edges, memmaps stream."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from cases import case_id, combinations, make_case
 from reference import reference
 
 import smoothce
-from smoothce import _engine
-from smoothce._stable import fast_exp_bounds
+from smoothce import _engine, _kernel
 
 COMBOS = combinations(epsilons=(0.0, 0.3, 1.0))
 
@@ -55,7 +55,7 @@ def test_an_error_in_a_worker_reaches_the_caller(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(_engine, "_exp_and_dot", broken)
+    monkeypatch.setattr(_kernel, "_exponentials", broken)
     z = np.zeros((5000, 300), dtype=np.float32)
     with pytest.raises(RuntimeError, match="boom"):
         smoothce.cross_entropy(z, np.zeros(5000, int), workers=2)
@@ -105,54 +105,184 @@ def test_one_row_of_ten_million_classes_streams():
     np.testing.assert_allclose(float(loss), truth, rtol=1e-6)
 
 
-# -- the unshifted fast path --------------------------------------------------------------
-def _count_shifted(monkeypatch):
-    calls = []
-    real = _engine._shifted
-
-    def counting(z2, *args, **kwargs):
-        calls.append(z2.shape[0])
-        return real(z2, *args, **kwargs)
-
-    monkeypatch.setattr(_engine, "_shifted", counting)
-    return calls
-
-
-@pytest.mark.parametrize("K", [2, 10, 1000])
-def test_fast_path_holds_its_bound_at_the_edge_of_its_range(K, monkeypatch):
-    """Rows whose log-sum-exp sits just inside +-L: the fast path is used (no shift)
-    and the float32 loss stays within 1e-6 of the float64 truth even at epsilon = 1,
-    where the uniform term, the one the shift protects, is all of the loss."""
-    lo, hi = fast_exp_bounds(K)
-    L = np.log(hi)
-    rng = np.random.default_rng(K)
-    # Nearly constant rows have log S ~ c + ln K: aim log S at points across (-L, L).
-    centres = np.array([-L, -L / 2, 0.0, L / 2, L]) * 0.97 - np.log(K)
-    z = (centres[:, None] + 0.05 * rng.standard_normal((5, K))).astype(np.float32)
-    S = np.exp(z.astype(np.float64)).sum(axis=1)
-    assert np.all((lo <= S) & (S <= hi)), "the test rows must lie inside the fast range"
-    y = rng.integers(0, K, size=5)
-    calls = _count_shifted(monkeypatch)
-    for eps in (1.0, 0.1):
-        got = smoothce.cross_entropy(z, y, eps, reduction="none")
-        truth, _ = reference(z.astype(np.float64), y, eps, reduction="none")
-        np.testing.assert_allclose(got.astype(np.float64), truth, rtol=1e-6)
-    assert calls == [], "rows inside the range must not be shifted"
+# -- one exponential per logit, whatever the values ----------------------------------
+def _distributions(rng, N, K, dtype):
+    y = rng.integers(0, K, N)
+    normal = rng.standard_normal((N, K))
+    trained = 3 * normal
+    trained[np.arange(N), y] += 10
+    rows = {
+        "normal": normal,
+        "wide": 5 * normal,
+        "trained": trained,
+        "offset": normal + 50,
+        "offset -70": normal - 70,
+        "spread 1e4": 1e4 * normal,
+        "a huge logit": np.where(normal > 2, 3e4, normal),
+        "very negative": normal - 300,
+        "masked": np.where(normal < -1, -np.inf, normal),
+    }
+    mixed = np.concatenate([v[: max(1, N // len(rows))] for v in rows.values()])[:N]
+    rows["every kind in one block"] = np.resize(mixed, (N, K))
+    return {k: v.astype(dtype) for k, v in rows.items()}, y
 
 
-def test_rows_outside_the_fast_range_are_shifted_and_exact(monkeypatch):
-    rng = np.random.default_rng(5)
-    z = rng.standard_normal((6, 50)).astype(np.float32)
-    z[1] += 80.0  # exp overflows float32 without the shift
-    z[3] -= 120.0  # the largest term underflows without the shift
-    z[4, 7] = 3e4
-    y = rng.integers(0, 50, size=6)
-    calls = _count_shifted(monkeypatch)
-    loss, grad = smoothce.cross_entropy_with_grad(z, y, 0.2, reduction="none")
-    assert calls == [3]  # exactly the three extreme rows, redone together
-    truth, grad_truth = reference(z.astype(np.float64), y, 0.2, reduction="none")
-    np.testing.assert_allclose(loss.astype(np.float64), truth, rtol=1e-6)
-    np.testing.assert_allclose(grad, grad_truth, rtol=1e-5, atol=1e-7)
+class _ExpCounter:
+    """Stands in for NumPy inside the block kernel; counts the elements ``np.exp``
+    writes into a workspace (``out=``): the exponentials of logits, every pass of every
+    path. (Merging streamed windows exponentiates one number per window, not logits.)"""
+
+    def __init__(self):
+        self.elements = 0
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def exp(self, x, *args, **kwargs):
+        if "out" in kwargs:
+            self.elements += np.size(x)
+        return np.exp(x, *args, **kwargs)
+
+
+OPTIONS = [
+    {},
+    {"weight": "w", "ignore_index": 2},
+    {"prior": "others"},
+    {"z_loss": 1e-3},
+    {"softcap": 30.0},
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, "bfloat16"])
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "plain")
+@pytest.mark.parametrize("shape", [(64, 10), (3000, 100)], ids=["lean", "blocks"])
+def test_no_row_is_exponentiated_twice_whatever_its_values(dtype, options, shape, monkeypatch):
+    """The float32 fast path used to exponentiate rows a second time (gathered,
+    shifted, scattered back) whenever their sum left a narrow range: a trained
+    network's confident rows, a spread of 5, an offset of +50. Every logit is now
+    exponentiated exactly once per pass, for every value, on the lean and the general
+    path (plus once more for softcap's derivative, which is its own exponential)."""
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    rng = np.random.default_rng(0)
+    N, K = shape
+    cases, y = _distributions(rng, N, K, dtype)
+    kw = dict(options)
+    if kw.get("weight") == "w":
+        kw["weight"] = rng.uniform(0.5, 2, K)
+    counter = _ExpCounter()
+    monkeypatch.setattr(_kernel, "np", counter)
+    for name, z in cases.items():
+        for fn, passes in ((smoothce.cross_entropy, 1), (smoothce.cross_entropy_with_grad, 1)):
+            if fn is smoothce.cross_entropy_with_grad and "softcap" in kw:
+                passes = 2  # the chain rule's exp(-2 |z| / softcap)
+            counter.elements = 0
+            fn(z, y, 0.1, **kw)
+            assert counter.elements == passes * N * K, (name, fn.__name__)
+
+
+def test_streamed_rows_take_two_passes_for_the_gradient_by_their_length(monkeypatch):
+    # The one place a logit is exponentiated twice: a row longer than a block needs its
+    # whole log-sum-exp before its gradient. That depends on K, never on the values.
+    monkeypatch.setattr(_engine, "BLOCK_ELEMENTS", 16)
+    rng = np.random.default_rng(1)
+    cases, y = _distributions(rng, 6, 40, np.float32)
+    counter = _ExpCounter()
+    monkeypatch.setattr(_kernel, "np", counter)
+    for z in cases.values():
+        counter.elements = 0
+        smoothce.cross_entropy(z, y, 0.1)
+        assert counter.elements == z.size
+        counter.elements = 0
+        smoothce.cross_entropy_with_grad(z, y, 0.1)
+        assert counter.elements == 2 * z.size
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_rows_bits_do_not_depend_on_the_rows_beside_it(dtype):
+    # Each row chooses its own reference (0, or its maximum) from its own values, so a
+    # row gives the same loss and gradient alone, in any order, and beside rows that
+    # need a shift; this is what keeps Dask's chunkings and the metrics' chunks equal
+    # to the bit.
+    rng = np.random.default_rng(2)
+    cases, y = _distributions(rng, 40, 12, dtype)
+    z = np.concatenate(list(cases.values()))
+    yy = np.resize(y, len(z))
+    loss, grad = smoothce.cross_entropy_with_grad(z, yy, 0.1, reduction="none")
+    order = rng.permutation(len(z))
+    loss_p, grad_p = smoothce.cross_entropy_with_grad(z[order], yy[order], 0.1, reduction="none")
+    np.testing.assert_array_equal(loss_p, loss[order])
+    np.testing.assert_array_equal(grad_p, grad[order])
+    for i in rng.choice(len(z), 25, replace=False):
+        li, gi = smoothce.cross_entropy_with_grad(
+            z[i : i + 1], yy[i : i + 1], 0.1, reduction="none"
+        )
+        assert li.tobytes() == loss[i : i + 1].tobytes()
+        assert gi.tobytes() == grad[i : i + 1].tobytes()
+
+
+def test_the_reference_rule_at_the_edges_of_the_window():
+    lo, hi = _kernel.UNSHIFTED
+    f32 = np.float32
+    z = np.array(
+        [
+            [hi, 0.0, -1.0],  # maximum at the top of the window: unshifted
+            [np.nextafter(f32(hi), f32(100)), 0.0, -1.0],  # just above: shifted
+            [-0.5, -1.0, lo],  # negative maximum, every logit >= lo: unshifted
+            [-0.5, -1.0, np.nextafter(f32(lo), f32(-100))],  # one below lo: shifted
+            [0.0, -1.0, -1e30],  # maximum 0 (>= 0): unshifted whatever the minimum
+        ],
+        dtype=f32,
+    )
+    ref, inside = _kernel.reference(z)
+    assert not inside
+    np.testing.assert_array_equal(ref, [0.0, z[1, 0], 0.0, -0.5, 0.0])
+    ref, inside = _kernel.reference(z[[0, 2]])
+    assert ref is None
+    assert inside
+    assert _kernel.reference(z.astype(np.float64))[0] is not None  # float64: shifted
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 1.0])
+def test_rows_at_the_edges_of_the_window_hold_the_contract(eps):
+    """Rows just inside and just outside the unshifted window, against the float64
+    oracle with the contract's tolerance: (K + 4) u M for the loss, M the size of
+    the terms that cancel (as tests/test_oracle.py derives it)."""
+    lo, hi = _kernel.UNSHIFTED
+    rng = np.random.default_rng(7)
+    K = 50
+    base = rng.standard_normal((8, K))
+    tops = [hi - 0.01, hi + 0.01, -0.01, lo + 6.0, lo - 0.01, 0.0]
+    z = np.concatenate([base - base.max(axis=1, keepdims=True) + t for t in tops])
+    z = z.astype(np.float32)
+    z64 = z.astype(np.float64)
+    y = rng.integers(0, K, len(z))
+    loss, grad = smoothce.cross_entropy_with_grad(z, y, eps, reduction="none")
+    ref_loss, ref_grad = reference(z64, y, eps, reduction="none")
+    u = 2.0**-24
+    mx = z64.max(axis=1)
+    lse = mx + np.log(np.exp(z64 - mx[:, None]).sum(axis=1))
+    M = np.abs(lse) + np.abs(mx) + 1.0 + np.abs(z64).max(axis=1)
+    np.testing.assert_array_less(np.abs(loss - ref_loss), (K + 4) * u * M)
+    p = np.exp(z64 - lse[:, None])
+    gscale = p * (np.abs(z64 - mx[:, None]) + K + 4) + 2 * np.abs(ref_grad - p)
+    assert np.all(np.abs(grad - ref_grad) <= (K + 4) * u * gscale + 1e-45)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_row_whose_softmax_is_one_hot_costs_exactly_zero(dtype):
+    # semantics.rst promises 0 for such rows; unshifted float32 gave
+    # log(fl(e^1.3)) - 1.3 = 2.8e-9 for [[1.3]] and 1.7e-9 for [[3, -1e4]]. The label
+    # term now reads log e_y from the same exponential that S sums.
+    rows = [([[1.3]], [0]), ([[3.0, -1e4]], [0]), ([[20.0, -80.0, -90.0]], [0])]
+    for z, y in rows:
+        z = np.array(z, dtype=dtype)
+        loss = smoothce.cross_entropy(z, y, reduction="none")
+        assert loss[0] == 0.0, (z, loss)
+        h = np.ones((1, 1), dtype=dtype)
+        head = smoothce.linear_cross_entropy(h, z.reshape(-1, 1), y, reduction="none")
+        assert head[0] == 0.0
+        assert smoothce.metrics.nll(z, y) == 0.0
 
 
 # -- larger than memory -------------------------------------------------------------------

@@ -310,3 +310,16 @@ def test_probability_targets_with_z_loss_and_softcap(reduction):
     want_grad = (g_ce + cz * 2 * 0.05 * lse[:, None] * p) * (1 - tanh**2)
     np.testing.assert_allclose(loss, want, rtol=1e-12)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-10, atol=1e-15)
+
+
+def test_a_subnormal_softcap_leaks_no_divide_overflow_warning():
+    # cross_entropy(z, y, softcap=5e-324) warned "overflow encountered in divide":
+    # z / softcap is +-inf, which tanh maps to +-1 (the capped logits are +-softcap).
+    # The whole block is now computed in one quiet error state; the results are those
+    # of logits capped to (almost) zero: a uniform softmax.
+    z = np.array([[1.0, -2.0, 0.5], [3.0, 0.0, -1.0]])
+    y = [0, 2]
+    loss = smoothce.cross_entropy(z, y, softcap=5e-324, reduction="none")
+    np.testing.assert_allclose(loss, np.log(3.0), rtol=1e-15)
+    _, g = smoothce.cross_entropy_with_grad(z, y, softcap=5e-324)
+    assert np.all(np.isfinite(g))

@@ -99,8 +99,9 @@ def test_smooth_labels_in_a_narrow_dtype_are_rounded_once(dtype):
 
 
 def test_store_float16_rounds_exactly_as_the_cast():
-    # The gradient's float32 -> float16 store pre-rounds float16-subnormal values (the
-    # cast is 20x slower on them); the bits must be the cast's, ties and signs included.
+    # The gradient's float32 -> float16 store is integer arithmetic on the bits (NumPy's
+    # cast is a scalar conversion, 26x slower on float16-subnormal results); the bits
+    # must be the cast's, ties, signs, overflow and NaN payloads included.
     from smoothce._stable import store_float16
 
     rng = np.random.default_rng(11)
@@ -116,6 +117,26 @@ def test_store_float16_rounds_exactly_as_the_cast():
         expected = values.astype(np.float16)
         got = np.empty_like(expected)
         store_float16(got, values.copy())
+    np.testing.assert_array_equal(got.view(np.uint16), expected.view(np.uint16))
+
+
+def test_store_float16_equals_the_cast_across_the_float32_bit_space():
+    # Every 4099th float32 bit pattern (a prime stride: every exponent, both signs,
+    # NaNs with every payload shape), and each float16 value's float32 neighbours and
+    # midpoints (the ties). All 2**32 patterns agree too (checked once, offline: it
+    # takes a minute).
+    from smoothce._stable import store_float16
+
+    sampled = np.arange(0, 2**32, 4099, dtype=np.uint64).astype(np.uint32)
+    halves = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    near = halves.view(np.uint32).astype(np.int64)
+    mids = np.concatenate([near + d for d in (-1, 0, 1, 1 << 12, 1 << 13)]) % 2**32
+    bits = np.concatenate([sampled, mids.astype(np.uint32)])
+    values = bits.view(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = values.astype(np.float16)
+    got = np.empty_like(expected)
+    store_float16(got, values.copy())
     np.testing.assert_array_equal(got.view(np.uint16), expected.view(np.uint16))
 
 
