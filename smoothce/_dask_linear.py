@@ -45,13 +45,13 @@ import numpy.typing as npt
 from dask.array.core import PerformanceWarning
 from dask.delayed import Delayed
 
+from ._bins import check_bins
 from ._exact import ExactSum, exact_sums
 from ._linear import DEFAULT_WORKSPACE, LinearGrads, _Head
 from ._linear_metrics import accumulate_head, metrics_head
 from ._scaling import Scaling, loss_unit
 from ._vocab import Spec, accumulator, merge, row_losses, rows_problem, window_grads
 from ._vocab import window_stats_of as _window_stats_of
-from .calibration import _check_bins
 from .dask import _POSITION, RECHUNK_WARN_BYTES, _assemble, _Bad, _earliest, _globalize, _ints
 from .dask import _tree as _exact_tree
 from .metrics import Metrics, _check_top_k, _exact_denominator
@@ -810,7 +810,7 @@ def evaluate_linear(
         hidden, classifier, labels, epsilon, bias=bias, reduction="none", prior=prior,
         weight=weight, ignore_index=ignore_index, num_classes=None, z_loss=0.0,
         softcap=softcap, workspace=workspace, workers=workers,
-        top_k=_check_top_k(top_k), n_bins=_check_bins(n_bins),
+        top_k=_check_top_k(top_k), n_bins=check_bins(n_bins),
     )  # fmt: skip
     parts = _first_pass(st, s, offsets, "metrics", None)
     return dask.delayed(_result, pure=True)(_exact_tree(list(parts.values())))

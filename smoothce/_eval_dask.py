@@ -239,10 +239,9 @@ def _bounds(z: _Source, ax: int, c: int, chunk_elements: int) -> tuple[list[int]
         if step % stored:
             # Never split a storage chunk (each piece would read and decompress it
             # whole): a block is a whole number of them, about `step` rows if smaller.
-            # Where they tile the memmap path's chunks, the blocks are those chunks
-            # and the report is the memmap path's bit for bit; otherwise float16 and
-            # float32 logits differ in the last bits of per-token values, ~1e-11 on
-            # the means (docs/scale.rst).
+            # The blocks need not be the memmap path's chunks: a row's values depend
+            # on that row alone and the sums merge exactly, so the report is the
+            # memmap path's bit for bit whatever the blocks.
             step = stored * max(1, step // stored)
         pieces = math.ceil(z.shape[ax] / z.storage_chunks[ax])
         if pieces > 1:

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from ._bins import check_bins
 from ._eval import EvalError, Report, _load, _Progress, named_prior
 from ._linear import aligned, logits_into
-from .calibration import _check_bins
 
 __all__ = ["evaluate_hidden"]
 
@@ -131,7 +131,7 @@ def _check_options(axis: int, bins: int) -> int:
             "axis, so drop --axis with --classifier."
         )
     try:
-        return _check_bins(bins)
+        return check_bins(bins)
     except (TypeError, ValueError) as exc:
         raise EvalError(str(exc)) from None
 

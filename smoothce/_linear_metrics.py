@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ._bins import check_bins
 from ._linear import DEFAULT_WORKSPACE, _Head
-from .calibration import _check_bins
 from .metrics import CHUNK_ELEMENTS, Accumulator, Metrics, _accumulate_problem, _check_top_k
 
 __all__ = ["accumulate_head", "evaluate_linear", "metrics_head"]
@@ -174,5 +174,5 @@ def evaluate_linear(
         hidden, classifier, labels, epsilon, bias=bias, softcap=softcap, prior=prior,
         weight=weight, ignore_index=ignore_index, workspace=workspace,
     )  # fmt: skip
-    k, bins = _check_top_k(top_k), _check_bins(n_bins)
+    k, bins = _check_top_k(top_k), check_bins(n_bins)
     return accumulate_head(head, k, bins, workers, progress).result()

@@ -363,8 +363,7 @@ class Terms:
             term = eps * (_dot64("ik,ik->i", u, x) if w is None else _dot64("ik,k,ik->i", u, w, x))
         elif self.p_vec is None:
             assert self.p_const is not None
-            term = row_sums(x)
-            term *= eps * self.p_const
+            term = row_sums(x, eps * self.p_const)
         else:
             term = eps * _dot64("ik,k->i", x, self.p_vec)
         if self.others:
