@@ -210,40 +210,45 @@ def window_stats_of(
             zy[r0 + inside] = x[inside, cols]
             has[r0 + inside] = True
             if c:
-                cand_v[r0:r1], cand_i[r0:r1] = _top(x, c)
+                cand_v[r0:r1], cand_i[r0:r1] = _top(x, c, ws[: r1 - r0])
     cand_i += k0
     return WindowStats(k0, m, S, T, W, zy, has, cand_v, cand_i)
 
 
-def _top(x: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+def _top(x: np.ndarray, c: int, scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``c`` largest entries of ``x`` (rows, width) and their columns,
     largest first, ties to the lower column (as :func:`numpy.argmax` ranks them);
-    values in float64.
+    values in float64. ``scratch`` is a free buffer of ``x``'s shape and dtype.
 
-    One partition finds the ``c``-th largest value ``t`` of each row; only rows where
-    ``t`` is tied beyond the selection (the partition picks among equal values
-    arbitrarily) are selected again, taking every larger entry and the lowest columns
-    equal to ``t``. NaN rows (no softmax) give some ``c`` entries.
+    A partition of a copy (in ``scratch``) gives the ``c``-th largest value ``t`` of
+    each row; where exactly ``c`` entries are at least ``t`` they are the answer. Rows
+    with more (ties at ``t``) take every larger entry and the lowest columns equal to
+    ``t``. Rows with a NaN (no softmax: their metrics are NaN) take any ``c`` columns.
+    The extra memory is one boolean per entry; no index array of the block's size.
     """
     n, width = x.shape
     if c == width:
-        cols = np.broadcast_to(np.arange(width), (n, width))
+        cols: np.ndarray = np.broadcast_to(np.arange(width), (n, width))
     else:
-        cols = np.argpartition(x, width - c, axis=1)[:, width - c :]
-        vals = np.take_along_axis(x, cols, axis=1)
-        t = vals.min(axis=1)
-        ties = np.count_nonzero(x == t[:, None], axis=1) > np.count_nonzero(
-            vals == t[:, None], axis=1
-        )
-        if ties.any():
-            rows = np.flatnonzero(ties)
-            xt, tt = x[rows], t[rows, None]
-            above = xt > tt
-            equal = xt == tt
+        np.copyto(scratch, x)
+        scratch.partition(width - c, axis=1)
+        t = scratch[:, width - c, np.newaxis].copy()
+        ge = x >= t
+        plain = np.count_nonzero(ge, axis=1) == c
+        cols = np.empty((n, c), dtype=np.intp)
+        if plain.all():
+            cols[...] = np.nonzero(ge)[1].reshape(n, c)
+        else:
+            rows = np.flatnonzero(plain)
+            cols[rows] = np.nonzero(ge[rows])[1].reshape(len(rows), c)
+            rest = np.flatnonzero(~plain)
+            xt, tt = x[rest], t[rest]
+            above, equal = xt > tt, xt == tt
             room = c - np.count_nonzero(above, axis=1)
-            chosen = above | (equal & (np.cumsum(equal, axis=1) <= room[:, None]))
-            cols = cols.copy()
-            cols[rows] = np.nonzero(chosen)[1].reshape(len(rows), c)
+            chosen = above | (equal & (np.cumsum(equal, axis=1) <= room[:, np.newaxis]))
+            full = np.count_nonzero(chosen, axis=1) == c
+            cols[rest[full]] = np.nonzero(chosen[full])[1].reshape(-1, c)
+            cols[rest[~full]] = np.arange(c)  # NaN in the row: undefined anyway
     vals = np.take_along_axis(x, cols, axis=1).astype(np.float64)
     return _ranked(vals, np.asarray(cols, dtype=np.int64), c)
 
