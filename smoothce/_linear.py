@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from ._compat import Quiet
 from ._engine import evaluate
 from ._scaling import Scaling, exact_sum
 from ._validation import Problem, as_array, compute_dtypes, plain, prepare
@@ -43,17 +44,6 @@ DEFAULT_WORKSPACE = 32 * 2**20
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
-
-
-def _quiet() -> np.errstate:
-    """The error state of the head's products, sums and casts to the gradients' dtypes.
-
-    A product beyond the compute dtype's range is ``inf`` (a NaN loss for its row, as
-    for such logits in :func:`cross_entropy`), ``inf * 0`` or ``inf - inf`` is NaN, and
-    a gradient beyond float16's range is ``inf``: the values the unfused computation
-    gives, which the semantics page documents, without NumPy's warnings.
-    """
-    return np.errstate(over="ignore", invalid="ignore")
 
 
 class LinearGrads(NamedTuple):
@@ -119,12 +109,13 @@ def logits_into(
     (of the compute dtype; ``classifier`` and ``bias`` already in it): one BLAS
     product, ``hidden`` (rows, d) converted to the compute dtype first if need be.
 
-    A product beyond the compute dtype's range is ``inf`` and ``inf * 0`` NaN, as in
-    the unfused computation, without NumPy's warnings (:func:`_quiet`).
+    A logit beyond the compute dtype's range is ``inf`` (its row's loss NaN, as for
+    such logits in :func:`cross_entropy`) and ``inf * 0`` NaN: the unfused
+    computation's values, which the semantics page documents, without warnings.
     """
     z = out[: hidden.shape[0]]
     hb = aligned(hidden, out.dtype)
-    with _quiet():
+    with Quiet():
         np.matmul(hb, classifier.T, out=z)
         if bias is not None:
             z += bias
@@ -309,10 +300,10 @@ class _Head:
                 for s0 in range(0, r1 - r0, dh_rows):
                     s1 = min(r1 - r0, s0 + dh_rows)
                     block_t = dh_t[: d * (s1 - s0)].reshape(d, s1 - s0)
-                    with _quiet():
+                    with Quiet():
                         np.matmul(Wc.T, z[s0:s1].T, out=block_t)
                         dh[r0 + s0 : r0 + s1] = block_t.T  # cast to hidden's dtype
-                with _quiet():
+                with Quiet():
                     self._accumulate(dW, z, hb, tmp, first=r0 == 0)
                     if db is not None:
                         db += z.sum(axis=0)
@@ -327,7 +318,7 @@ class _Head:
         assert dh is not None
         assert dW is not None
         _, W_out, b_out = self.grad_dtypes
-        with _quiet():
+        with Quiet():
             grads = LinearGrads(
                 dh.reshape(self.hidden.shape),
                 dW.astype(W_out, copy=False),
