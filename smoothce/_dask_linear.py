@@ -90,8 +90,13 @@ def _known(*chunks: tuple[float, ...]) -> bool:
 
 
 def _local(a: Any) -> Any:
-    """A class prior or class weights given as a Dask array: V numbers, computed now."""
-    return np.asarray(a.compute()) if isinstance(a, da.Array) else a
+    """A class prior or class weights given as a Dask array: V numbers, computed now.
+    Any other Dask array (a prior per row, which the head refuses) stands in unread."""
+    if not isinstance(a, da.Array):
+        return a
+    if a.ndim != 1:
+        return _stand_in(tuple(0 if math.isnan(n) else int(n) for n in a.shape), a.dtype)
+    return np.asarray(a.compute())
 
 
 class _Setup:
@@ -161,6 +166,11 @@ class _Setup:
         """The labels in the blocks of ``hidden``'s rows."""
         rows = self.h.chunks[:-1]
         if _known(*rows):
+            if isinstance(y, da.Array) and not _known(*y.chunks):
+                raise ValueError(
+                    "labels have unknown chunk sizes but hidden does not; call "
+                    "labels.compute_chunk_sizes() first, or index both with the same mask."
+                )
             if isinstance(y, da.Array):
                 return y if y.chunks == rows else y.rechunk(rows)
             return da.from_array(y, chunks=rows)

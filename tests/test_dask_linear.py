@@ -253,6 +253,10 @@ def test_unknown_chunk_sizes_need_labels_cut_the_same_way():
     for labels in (y, da.from_array(y, chunks=100)):
         with pytest.raises(ValueError, match=r"compute_chunk_sizes\(\)"):
             sdask.evaluate_linear(hd, W, labels)
+    # Labels of unknown sizes beside hidden states of known ones: no pairing known.
+    unknown = da.from_array(y, chunks=50)[da.from_array(y != -100, chunks=50)]
+    with pytest.raises(ValueError, match=r"labels.compute_chunk_sizes\(\)"):
+        sdask.evaluate_linear(da.from_array(h, chunks=(50, D)), W, unknown)
     # Cut with another mask: the blocks' rows differ, said when computed.
     other = da.from_array(y, chunks=50)[da.from_array(y != 3, chunks=50)]
     with pytest.raises(ValueError, match=r"labels must be cut like hidden"):
@@ -289,6 +293,7 @@ def test_bad_labels_are_named_at_their_position_in_the_whole_array(client):
         ({"hidden": np.zeros(D)}, ValueError, r"needs a batch axis"),
         ({"epsilon": 2.0}, ValueError, r"epsilon"),
         ({"prior": np.full((N, V), 1 / V)}, ValueError, r"per-sample prior"),
+        ({"prior": da.full((N, V), 1 / V, chunks=(50, V))}, ValueError, r"per-sample prior"),
         ({"workspace": 0}, ValueError, r"workspace must be a positive number"),
     ],
 )
