@@ -187,23 +187,22 @@ print(
 print(f"from the materialised logits: perplexity {materialised.perplexity:.3f}")
 
 # %%
-# The head's calibration: the confidence of its top class against how often that
-# class is right, per bin (the bins of the metrics, :class:`~smoothce.calibration.BinCounts`).
+# The head's calibration: per bin of the top class's confidence, how often that class
+# is right (the bars) against the mean confidence (the dots); the bins are the
+# metrics' own, :class:`~smoothce.calibration.BinCounts`. Where a bar rises above its
+# dot, the head is less confident than it could be there.
 
 bins = m.bins
 filled = bins.count > 0
 centres = (np.arange(m.n_bins) + 0.5) / m.n_bins
+accuracy_in_bin = bins.correct[filled] / bins.count[filled]
+confidence_in_bin = bins.confidence[filled] / bins.count[filled]
 fig, ax = plt.subplots(figsize=(5, 4))
-ax.bar(
-    centres[filled], bins.correct[filled] / bins.count[filled], width=1 / m.n_bins,
-    edgecolor="black", alpha=0.7, label="accuracy in the bin",
-)  # fmt: skip
+ax.bar(centres[filled], accuracy_in_bin, width=1 / m.n_bins, edgecolor="black", alpha=0.7,
+       label="fraction correct")
+ax.plot(centres[filled], confidence_in_bin, "o", color="C1", label="mean confidence")
 ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
-ax.plot(
-    bins.confidence[filled] / bins.count[filled], bins.correct[filled] / bins.count[filled],
-    "o", color="C1", label="mean confidence",
-)  # fmt: skip
-ax.set_xlabel("confidence of the top class")
+ax.set_xlabel("confidence of the top class (bin)")
 ax.set_ylabel("fraction correct")
 ax.set_title(f"held-out next characters: ECE {m.ece:.4f}")
 ax.legend(loc="upper left")
