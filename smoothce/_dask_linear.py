@@ -302,6 +302,9 @@ class _InBlock:
     def __init__(self, idx: tuple[int, ...], func: Any, as_value: bool = False) -> None:
         self.idx, self.func, self.as_value = idx, func, as_value
 
+    def __dask_tokenize__(self) -> Any:
+        return (type(self).__name__, self.func.__qualname__, self.idx, self.as_value)
+
     def __call__(self, check: Any, offsets: Any, *args: Any) -> Any:
         if isinstance(check, _Bad):
             check.raise_()
@@ -357,17 +360,18 @@ def _reduced(s: _Settings, parts: Any) -> Any:
 
 
 # -- the labels pass ---------------------------------------------------------------------
-def _labels_part(s: _Settings, h: Any, y: Any) -> Any:
+def _labels_part(s: _Settings, y: Any) -> Any:
     """A labels block checked, and its share of the mean's denominators."""
-    _check_rows(h, y)
     return _parts(rows_problem(s.spec, y), 0.0, None)
 
 
 def _labels_pass(st: _Setup, s: Any, offsets: Any) -> Any:
-    """Delayed scaling of the whole batch, once every label is checked."""
+    """Delayed scaling of the whole batch, once every label is checked. It reads the
+    labels only: the hidden states' blocks are read by the tasks that use them (which
+    check that their rows match the labels')."""
     parts = [
-        dask.delayed(_InBlock(i, _labels_part, True), pure=True)(None, offsets, s, hb, yb)
-        for i, hb, yb in st.blocks()
+        dask.delayed(_InBlock(i, _labels_part, True), pure=True)(None, offsets, s, yb)
+        for i, _, yb in st.blocks()
     ]
     return dask.delayed(_scaling, pure=True)(s, _exact_tree(parts))
 

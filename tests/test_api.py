@@ -33,7 +33,8 @@ def test_all_lists_exactly_the_public_api():
         "BinCounts", "expected_calibration_error", "reliability_curve",
     }  # fmt: skip
     assert set(smoothce.metrics.__all__) == {
-        "Accumulator", "Metrics", "accumulate", "accuracy", "evaluate", "nll", "perplexity",
+        "Accumulator", "Metrics", "accumulate", "accuracy", "evaluate", "evaluate_linear",
+        "nll", "perplexity",
     }  # fmt: skip
 
 
