@@ -51,6 +51,7 @@ from ._parallel import available_cores
 __all__ = [
     "ALL_KINDS",
     "DEFAULT_LOGITS",
+    "DEFAULT_ROUNDS",
     "DEFAULT_SHAPES",
     "MIN_SAMPLE_SECONDS",
     "SWEEP_K",
@@ -75,6 +76,9 @@ DEFAULT_SHAPES = [(32, 10), (256, 10), (1024, 100), (8192, 1000), (128, 32000)]
 #: The logits of the default run: standard normals and a trained classifier's
 #: (:mod:`smoothce._bench_logits`), timed in the same rounds.
 DEFAULT_LOGITS = ("normal", "trained")
+#: Rounds (samples per candidate) of ``python -m smoothce bench``: five keep the default
+#: run (5 shapes, 11 candidates, 2 distributions) under 30 s on a 2-core machine.
+DEFAULT_ROUNDS = 5
 #: The ``--sweep`` grid: rows N, columns K.
 SWEEP_N = (32, 256, 2048, 16384)
 SWEEP_K = (10, 100, 1000, 32000)
@@ -88,6 +92,14 @@ _MEMORY_FACTOR = {
     "exp floor": 1.0, "smoothce forward": 0.0, "smoothce fwd+grad": 1.0, "naive forward": 5.0,
     "naive fwd+grad": 5.0, "torch forward": 4.0, "torch fwd+bwd": 4.0,
     "smoothce z_loss": 1.0, "smoothce softcap": 2.0,
+}  # fmt: skip
+
+#: Arrays of the logits' size that a distribution's candidates keep while they are
+#: timed: NumPy exp's buffer, the gradient, PyTorch's copy of the logits and its
+#: gradient (shared by its candidates, counted once), each language-model option's.
+_HELD = {
+    "exp floor": 1.0, "smoothce fwd+grad": 1.0, "torch forward": 1.0, "torch fwd+bwd": 1.0,
+    "smoothce z_loss": 1.0, "smoothce softcap": 1.0,
 }  # fmt: skip
 
 #: The language-model options, timed by ``--lm`` beside the plain forward + gradient
@@ -623,11 +635,12 @@ def measure(
     kinds = set(kinds)
     nbytes = n * k * np.dtype(dtype).itemsize
     fits = {kind: (1 + _MEMORY_FACTOR[kind]) * nbytes <= max_memory_bytes for kind in kinds}
-    together = all(
-        (len(names) + _MEMORY_FACTOR[kind]) * nbytes <= max_memory_bytes
-        for kind in kinds
-        if fits[kind]
-    )
+    # Timed together, every distribution's arrays are held at once: the logits and the
+    # buffers its candidates keep, besides the largest transient of one call.
+    timed = [kind for kind in kinds if fits[kind]]
+    held = 1 + sum(_HELD.get(kind, 0.0) for kind in timed)
+    peak = max((_MEMORY_FACTOR[kind] for kind in timed), default=0.0)
+    together = (len(names) * held + peak) * nbytes <= max_memory_bytes
     skipped = {
         kind: f"would need about {(1 + _MEMORY_FACTOR[kind]) * nbytes / 2**30:.1f} GiB, over "
         f"the limit of {max_memory_bytes / 2**30:.1f} GiB (--max-memory)"

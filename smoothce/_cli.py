@@ -22,6 +22,7 @@ from . import __version__
 from ._bench import (
     ALL_KINDS,
     DEFAULT_LOGITS,
+    DEFAULT_ROUNDS,
     DEFAULT_SHAPES,
     LM_OPTIONS,
     MIN_SAMPLE_SECONDS,
@@ -39,6 +40,13 @@ from ._bench_logits import DISTRIBUTIONS, NAMES
 from ._bench_report import format_summary, format_sweep, format_table, print_legend
 from ._loss import soft_target_cross_entropy
 from .calibration import MAX_BINS
+
+#: The one command that regenerates the performance page's data (docs/examples/
+#: plot_performance.py reads the file it writes).
+PAGE_COMMAND = (
+    "python -m smoothce bench --sweep --logits normal,wide,trained,offset --rounds 7 "
+    "--json docs/data/performance.json"
+)
 
 #: Three worked examples and their expected 6-decimal means: (logits, labels, K, epsilon, mean).
 WORKED_EXAMPLES: list[tuple[list[list[float]], list[int], int, float, float]] = [
@@ -186,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench",
         help="time smoothce against naive NumPy, NumPy's exp and PyTorch",
-        description=(
+        description=textwrap.fill(
             "Time smoothce (forward, and forward+gradient) against the naive "
             "softmax-then-log code, NumPy's exp (one np.exp over the logits) and, when "
             "installed, PyTorch's F.cross_entropy, on the same arrays, for each "
@@ -194,15 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
             "to last >= 20 ms; candidates, of every distribution, are interleaved round "
             "by round. Prints each candidate's median and spread, verdicts (faster, "
             "slower, or within noise), extra peak memory, and a summary: one line per "
-            "comparison. Progress goes to standard error when it is a terminal."
+            "comparison. Progress goes to standard error when it is a terminal.",
+            width=79,
+            break_on_hyphens=False,
         ),
         epilog=(
-            "logits (--logits, seed 0, labels uniform):\n"
-            + "".join(f"  {name:8s} {d.formula}: {d.stands_for}\n"
-                      for name, d in DISTRIBUTIONS.items())
-            + "\nthe performance page's data, in one command (about 10 minutes):\n"
-            "  python -m smoothce bench --sweep --logits normal,wide,trained,offset "
-            "--json docs/data/performance.json"
+            "logits (--logits; seed 0, labels uniform):\n"
+            + "".join(
+                textwrap.fill(f"{name:8s} {d.formula}: {d.stands_for}", width=79,
+                              initial_indent="  ", subsequent_indent=" " * 11) + "\n"
+                for name, d in DISTRIBUTIONS.items()
+            )
+            + "\nthe performance page's data (docs/data/performance.json), one command:\n"
+            f"  {PAGE_COMMAND}"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
@@ -230,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--linear", nargs=3, type=_positive, metavar=("N", "D", "V"), action="append",
         help="also time the fused linear head on N rows of D features and V classes "
-        "against the unfused one and the matrix products alone; repeat for several",
+        "against the unfused one and the matrix products alone, on each distribution "
+        "(the classifier scaled to its spread); repeat for several",
     )  # fmt: skip
     bench.add_argument(
         "--dtype", choices=["float16", "float32", "float64"], default="float32",
@@ -243,9 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     bench.add_argument("--epsilon", type=_epsilon, default=0.1, help="smoothing (default: 0.1)")
     bench.add_argument(
-        "--rounds", type=_positive, default=7,
+        "--rounds", type=_positive, default=DEFAULT_ROUNDS,
         help="samples per candidate, one per round; the spread needs at least 3 "
-        "(default: 7)",
+        f"(default: {DEFAULT_ROUNDS}, so that the default run of two distributions "
+        "stays under 30 s on 2 cores)",
     )  # fmt: skip
     bench.add_argument(
         "--max-memory", type=_positive_float, default=4.0, metavar="GIB",
