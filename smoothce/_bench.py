@@ -59,6 +59,7 @@ __all__ = [
     "SWEEP_N",
     "Measurement",
     "Spread",
+    "join_and",
     "load_average",
     "load_note",
     "measure",
@@ -66,6 +67,8 @@ __all__ = [
     "measure_linear_head",
     "measure_shape",
     "memory_wording",
+    "size_text",
+    "thread_word",
     "time_calls",
     "verdict",
 ]
@@ -169,7 +172,8 @@ def verdict(ours: Sequence[float], theirs: Sequence[float]) -> str:
     return text
 
 
-def _bytes(b: float) -> str:
+def size_text(b: float) -> str:
+    """A size in bytes as B, KiB or MiB."""
     size = abs(b)
     if size >= 2**20:
         return f"{b / 2**20:.1f} MiB"
@@ -192,7 +196,7 @@ def memory_wording(extra: int, logits_bytes: int) -> str:
         of = f"{abs(share):.1f}x the logits"
     else:
         of = f"{100 * abs(share):.1f}% of the logits"
-    return f"{sign}{_bytes(abs(extra))} ({of})"
+    return f"{sign}{size_text(abs(extra))} ({of})"
 
 
 def load_average() -> float | None:
@@ -284,12 +288,17 @@ def _import_torch() -> Any:
         return None
 
 
-def _and(words: Sequence[str]) -> str:
-    """ "a", "a and b", "a, b and c"."""
+def join_and(words: Sequence[str]) -> str:
+    """Words as a list in prose.
+
+    >>> join_and(["normal"]), join_and(["normal", "wide", "offset"])
+    ('normal', 'normal, wide and offset')
+    """
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
-def _thread_word(t: int) -> str:
+def thread_word(t: int) -> str:
+    """ "1 thread", "2 threads"."""
     return f"{t} thread" + ("" if t == 1 else "s")
 
 
@@ -301,7 +310,7 @@ def _thread_pools(threadpoolctl: Any) -> str:
     """The native thread pools loaded in this process and their sizes, as text."""
     pools = [
         f"{info.get('prefix')} {info.get('version') or ''}".rstrip()
-        + f" ({info.get('user_api')}): {_thread_word(int(info.get('num_threads', 0)))}"
+        + f" ({info.get('user_api')}): {thread_word(int(info.get('num_threads', 0)))}"
         for info in threadpoolctl.threadpool_info()
     ]
     return "; ".join(pools) or "no native thread pool loaded"
@@ -355,7 +364,7 @@ def _candidates(
         def forward_grad(w: int = w) -> Any:
             return cross_entropy_with_grad(logits, labels, epsilon, workers=w, out=grad)
 
-        tw = _thread_word(w)
+        tw = thread_word(w)
         for kind, fn in (("smoothce forward", forward), ("smoothce fwd+grad", forward_grad)):
             if kind in kinds:
                 label = f"{kind}, {tw}"
@@ -407,7 +416,7 @@ def _candidates(
             return loss
 
         for t in threads:
-            tw = _thread_word(t)
+            tw = thread_word(t)
             if "torch forward" in kinds:
                 out.append(
                     Candidate(f"torch forward t{t}", f"torch forward, {tw}", "torch", t, t_forward)
@@ -670,7 +679,7 @@ def measure(
     groups = [names] if together else [[name] for name in names]
     results: list[Measurement] = []
     for group in groups:
-        show = _progress_printer(progress, f"{n} x {k} {dt}, {_and(group)} logits", rounds)
+        show = _progress_printer(progress, f"{n} x {k} {dt}, {join_and(group)} logits", rounds)
         results += _measure_together(
             group, build, new, set_threads, rounds, min_sample_seconds, memory, show
         )
@@ -755,7 +764,7 @@ def measure_linear_head(
         ]  # fmt: skip
 
     show = _progress_printer(
-        progress, f"linear {n} x {d} x {v} {dt}, {_and(names)} logits", rounds
+        progress, f"linear {n} x {d} x {v} {dt}, {join_and(names)} logits", rounds
     )
     results = _measure_together(
         names, build, new, lambda c: None, rounds, min_sample_seconds, memory, show

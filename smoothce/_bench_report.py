@@ -13,10 +13,10 @@ from typing import TextIO
 from ._bench import (
     MIN_SAMPLE_SECONDS,
     Measurement,
-    _and,
-    _bytes,
-    _thread_word,
+    join_and,
     memory_wording,
+    size_text,
+    thread_word,
     verdict,
 )
 from ._bench_logits import distribution
@@ -201,12 +201,12 @@ def _format_group(group: Sequence[Measurement], out: TextIO) -> None:
     how = ""
     if several:
         together = len(ref.timed_with) > 1
-        how = f"; {_and(names)} logits " + (
+        how = f"; {join_and(names)} logits " + (
             "timed in the same rounds" if together else "timed one after another (memory)"
         )
     print(
         f"\n({n}, {k}) {first.dtype}, {head}epsilon={first.epsilon}, logits "
-        f"{_bytes(first.logits_bytes)}, {first.rounds} sample(s) per candidate{how}",
+        f"{size_text(first.logits_bytes)}, {first.rounds} sample(s) per candidate{how}",
         file=out,
     )
     width = max(len(name) for name in names) + 1
@@ -319,7 +319,7 @@ def format_summary(results: list[Measurement], out: TextIO) -> None:
     wheres = list(dict.fromkeys(_where(m) for m in results))
     print(
         f"\nSummary: each comparison over the {len(wheres)} shape(s) it was made at "
-        f"({', '.join(wheres)}), on {_and(names)} logits:",
+        f"({', '.join(wheres)}), on {join_and(names)} logits:",
         file=out,
     )
     # Keyed by (comparison, distribution), in order of first appearance, so that the
@@ -401,7 +401,7 @@ def format_sweep(results: list[Measurement], threads: int, out: TextIO) -> None:
     names = list(dict.fromkeys(m.logits for m in results))
     by_name = {name: {m.shape: m for m in results if m.logits == name} for name in names}
     ours = f"smoothce fwd+grad w{threads}"
-    tw = _thread_word(threads)
+    tw = thread_word(threads)
     for name in names:
         for theirs, label in (
             ("naive fwd+grad", "naive fwd+grad"),

@@ -30,7 +30,7 @@ from ._bench import (
     SWEEP_KINDS,
     SWEEP_N,
     Measurement,
-    _and,
+    join_and,
     load_average,
     load_note,
     measure,
@@ -408,6 +408,22 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_path_problem(path: str | None) -> str | None:
+    """Why ``--json PATH`` could not be written, found before minutes of timing."""
+    import os
+
+    if path is None or path == "-":
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return f"--json {path}: is a directory, not a file"
+    if not os.path.isdir(folder):
+        return f"--json {path}: the directory {folder} does not exist"
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"--json {path}: not writable"
+    return None
+
+
 def _bench_setup(
     args: argparse.Namespace, cores: int
 ) -> tuple[list[tuple[int, int]], set[str], list[int] | None] | str:
@@ -415,6 +431,9 @@ def _bench_setup(
     workers = None
     if args.workers:
         workers = sorted({w if w > 0 else max(1, cores + 1 + w) for w in args.workers})
+    problem = _json_path_problem(args.json)
+    if problem is not None:
+        return problem
     if args.sweep:
         if args.shape:
             return "--sweep times its own grid of shapes; drop --shape"
@@ -441,7 +460,7 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     show = sys.stderr.isatty() if args.progress is None else args.progress
     progress = sys.stderr if show else None
     print(
-        f"smoothce {__version__} bench: {len(shapes)} shape(s), {_and(names)} logits, "
+        f"smoothce {__version__} bench: {len(shapes)} shape(s), {join_and(names)} logits, "
         f"{args.dtype}, epsilon={args.epsilon}, {cores} core(s), {args.rounds} round(s)",
         file=info,
         flush=True,

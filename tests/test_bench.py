@@ -630,3 +630,54 @@ def test_the_sweep_prints_each_distribution_and_its_cost_against_normal():
     # naive and torch grids per distribution, then trained against normal
     assert rows == [["4", "2.0x"], ["4", "-"], ["4", "1.5x", "slower"], ["4", "-"],
                     ["4", "3.0x", "slower"]]  # fmt: skip
+
+
+# -- the performance page -------------------------------------------------------------
+
+
+def test_the_page_heatmaps_tell_noise_from_not_measured(tmp_path, monkeypatch):
+    # Both kinds of cell were drawn plain white, with no colour bar to read the rest by.
+    plt = pytest.importorskip("matplotlib.pyplot")
+    import dataclasses
+    import json
+    import runpy
+    from pathlib import Path
+
+    ours, naive = "smoothce fwd+grad w1", "naive fwd+grad"
+    results = []
+    for logits in ("normal", "trained"):
+        for shape, theirs in (((32, 10), [1.0, 1.1, 1.2]), ((32, 100), [3.0, 3.0, 3.0])):
+            m = _fake(shape, logits, {"exp floor": [0.5] * 3, "smoothce forward w1": [0.9] * 3,
+                                      ours: [1.0, 1.1, 1.2], naive: theirs})  # fmt: skip
+            results.append(dataclasses.asdict(m))  # no PyTorch: "not measured"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "examples").mkdir()
+    logits = {n: {"formula": n, "stands_for": n} for n in ("normal", "trained")}
+    doc = {"smoothce": "test", "command": "python -m smoothce bench --sweep", "cores": 2,
+           "sweep": True, "load_average": 0.5, "results": results, "logits": logits}  # fmt: skip
+    (tmp_path / "data" / "performance.json").write_text(json.dumps(doc))
+    script = Path(__file__).parents[1] / "docs" / "examples" / "plot_performance.py"
+    monkeypatch.chdir(tmp_path / "examples")
+    monkeypatch.setattr(plt, "show", lambda *a, **k: None)
+    plt.close("all")
+    runpy.run_path(str(script))
+    sweep = plt.figure(plt.get_fignums()[1])
+    naive_ax = next(
+        ax for ax in sweep.axes if ax.get_title() == "normal logits: against naive NumPy"
+    )
+    torch_ax = next(ax for ax in sweep.axes if "against PyTorch" in ax.get_title())
+    # Rows N = (32,), columns K = (10, 100): within noise at K=10, 2.7x at K=100.
+    ratios, special = (image.get_array() for image in naive_ax.images)
+    assert np.ma.getmaskarray(ratios)[0, 0]
+    assert not np.ma.getmaskarray(ratios)[0, 1]
+    assert ratios[0, 1] == pytest.approx(np.log2(3.0 / 1.1))
+    assert special[0, 0] == 0  # the "within noise" colour
+    assert np.ma.getmaskarray(special)[0, 1]
+    assert [t.get_text() for t in naive_ax.texts] == ["~", "2.7x"]
+    torch_special = torch_ax.images[1].get_array()
+    assert (torch_special == 1).all()  # the "not measured" colour, with no text
+    assert len(torch_ax.texts) == 0
+    assert any(ax.get_label() == "<colorbar>" for ax in sweep.axes)
+    legend = [t.get_text() for t in sweep.legends[0].get_texts()]
+    assert legend == ["~  within noise (the q1-q3 ranges overlap)", "not measured"]
+    plt.close("all")

@@ -270,3 +270,13 @@ def test_bench_sweep_takes_logits(monkeypatch, capsys):
     for m in data["results"]:
         assert {"exp floor", "smoothce forward w1", "smoothce fwd+grad w1",
                 "naive fwd+grad"} <= set(m["times"])  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["missing/out.json", "."])
+def test_bench_refuses_a_json_file_it_could_not_write_before_timing(tmp_path, where):
+    # A sweep wrote nothing after six minutes of timing: its --json directory was gone.
+    path = tmp_path / where
+    result = _run("bench", *_QUICK, "--json", str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: --json {path}: ")
+    assert result.stdout == ""  # refused before timing anything
