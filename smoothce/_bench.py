@@ -7,9 +7,10 @@ The method, chosen for shared machines whose timings swing by 2x from one moment
 the next:
 
 * **Samples long enough to measure.** A sample times ``number`` calls back to back,
-  with ``number`` chosen once per candidate (as :meth:`timeit.Timer.autorange` does)
-  so that a sample lasts at least :data:`MIN_SAMPLE_SECONDS`; the sample's value is
-  its time divided by ``number``, the time per call.
+  with ``number`` chosen once per candidate (as :meth:`timeit.Timer.autorange` does,
+  from a trial a quarter as long) so that a sample lasts at least
+  :data:`MIN_SAMPLE_SECONDS`; the sample's value is its time divided by ``number``,
+  the time per call.
 * **Interleaved candidates.** A round takes one sample of every candidate, in an
   order rotated from round to round, so slow drifts of the machine hit all alike.
   The candidates of every distribution asked for are timed in the same rounds (when
@@ -432,9 +433,14 @@ def _candidates(
 
 
 def _calls_per_sample(fn: Callable[[], Any], min_seconds: float) -> int:
-    """The number of back-to-back calls of ``fn`` that last at least ``min_seconds``."""
+    """The number of back-to-back calls of ``fn`` that last at least ``min_seconds``.
+
+    Estimated from a trial of a quarter of that, 20% past the target: a full-length
+    trial for every candidate cost a quarter of a default run's time.
+    """
     fn()  # warm-up: first-call costs (caches, page faults) are not a sample
     number = 1
+    trial = min_seconds / 4
     while True:
         t0 = time.perf_counter()
         for _ in range(number):
@@ -442,8 +448,10 @@ def _calls_per_sample(fn: Callable[[], Any], min_seconds: float) -> int:
         elapsed = time.perf_counter() - t0
         if elapsed >= min_seconds:
             return number
-        # Aim 20% past the target from this estimate, growing at most 100x a step.
-        guess = math.ceil(number * 1.2 * min_seconds / max(elapsed, 1e-9))
+        if elapsed >= trial:
+            return math.ceil(number * 1.2 * min_seconds / elapsed)
+        # Aim 20% past the trial's length from this estimate, growing at most 100x a step.
+        guess = math.ceil(number * 1.2 * trial / max(elapsed, 1e-9))
         number = max(number + 1, min(guess, 100 * number))
 
 

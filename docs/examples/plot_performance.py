@@ -180,7 +180,7 @@ KEY = [
     Patch(facecolor=NOISE, hatch="..", edgecolor="#a0a0a0", label="~  within noise (the q1-q3 "
           "ranges overlap)"),
     Patch(facecolor=MISSING, hatch="xx", edgecolor="#a0a0a0", label="not measured"),
-]  # fmt: skip
+]
 
 
 def grid(pairs):
@@ -203,6 +203,7 @@ def grid(pairs):
     return values, kinds, labels
 
 
+# sphinx_gallery_start_ignore
 def draw(ax, values, kinds, labels):
     image = ax.imshow(values, cmap="RdBu", vmin=-3, vmax=3, origin="lower")
     special = np.where(kinds == "noise", 0, np.where(kinds == "missing", 1, np.nan))
@@ -213,15 +214,19 @@ def draw(ax, values, kinds, labels):
                 ax.add_patch(
                     plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
                                   hatch=HATCH[kinds[i, j]], edgecolor="#a0a0a0", linewidth=0)
-                )  # fmt: skip
+                )
             if kinds[i, j] == "missing":
                 continue
             dark = kinds[i, j] == "ratio" and abs(values[i, j]) > 1.8
             colour = "white" if dark else "black"
-            ax.text(j, i, labels[i, j], ha="center", va="center", fontsize=8, color=colour)
+            size = 12 if labels[i, j] == "~" else 8
+            ax.text(j, i, labels[i, j], ha="center", va="center", fontsize=size, color=colour)
     ax.set_xticks(range(len(ks)), [str(k) for k in ks])
     ax.set_yticks(range(len(ns)), [str(n) for n in ns])
     return image
+
+
+# sphinx_gallery_end_ignore
 
 
 def samples(name, shape, key):
@@ -234,7 +239,7 @@ against = [("naive fwd+grad", "naive NumPy"), ("torch fwd+bwd t1", "PyTorch, 1 t
 fig, axes = plt.subplots(
     len(names), 2, figsize=(9, 2.7 * len(names) + 1.2), sharex=True, sharey=True,
     squeeze=False, layout="constrained",
-)  # fmt: skip
+)
 for row, name in zip(axes, names, strict=True):
     for ax, (theirs, title) in zip(row, against, strict=True):
         pairs = {}
@@ -265,7 +270,7 @@ if "normal" in names and others:
     fig, axes = plt.subplots(
         1, len(others), figsize=(3.4 * len(others) + 1.5, 3.9), sharey=True, squeeze=False,
         layout="constrained",
-    )  # fmt: skip
+    )
     for ax, name in zip(axes[0], others, strict=True):
         pairs = {}
         for s in shapes:
@@ -280,5 +285,5 @@ if "normal" in names and others:
     bar.set_label("time on standard normals / on these")
     fig.legend(handles=KEY, loc="outside lower center", ncol=2, fontsize=9)
     fig.suptitle("smoothce forward+gradient, float32, one thread: each kind of logits "
-                 "against standard normals")  # fmt: skip
+                 "against standard normals")
     plt.show()
