@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         "Median us per call (q1-q3)."
     )
     names = ["smoothce", "naive", "smoothce, N(0,1)"]
-    print("| rows | " + " | ".join(names) + " | smoothce vs naive | smoothce, MLP vs N(0,1) logits |")
+    verdicts = ["smoothce vs naive", "smoothce, MLP vs N(0,1) logits"]
+    print("| rows | " + " | ".join(names + verdicts) + " |")
     print("|---|" + "---|" * (len(names) + 2))
     results: dict[str, Any] = {"notes": notes, "logit_stats": stats, "batches": {}}
     for rows, times in measure(logits, labels, args.rounds, args.sample_ms / 1e3).items():
