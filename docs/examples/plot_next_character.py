@@ -225,12 +225,10 @@ def materialised_metrics():
 
 
 m_mat, mat_eval_peak = peak(materialised_metrics)
-print(
-    f"{len(y_all):,} positions: peak memory of the metrics {fused_eval_peak / 2**20:.0f} MiB "
-    f"from hidden states, {mat_eval_peak / 2**20:.0f} MiB from materialised logits "
-    f"({logits_mib:.0f} MiB of them); perplexity {m_all.perplexity:.4f} and "
-    f"{m_mat.perplexity:.4f}"
-)
+print(f"{len(y_all):,} positions, the peak memory of their metrics:")
+print(f"  from hidden states      {fused_eval_peak / 2**20:4.0f} MiB")
+print(f"  from the logits         {mat_eval_peak / 2**20:4.0f} MiB ({logits_mib:.0f} MiB of logits)")
+print(f"perplexity {m_all.perplexity:.4f} and {m_mat.perplexity:.4f}")
 
 # %%
 # On Dask, with the classifier chunked along its vocabulary
@@ -242,17 +240,15 @@ print(
 # they merge exactly as the engine merges the windows of a long row. Here the threaded
 # scheduler, four chunks of classes and blocks of 50,000 rows.
 
-import dask.array as da  # noqa: E402
+import dask.array as da
 
-import smoothce.dask  # noqa: E402
+import smoothce.dask
 
 h_dask = da.from_array(h_all, chunks=(50_000, HID))
 W_dask = da.from_array(params["W"], chunks=(-(-V // 4), HID))
 b_dask = da.from_array(params["b"], chunks=(-(-V // 4),))
 lazy = smoothce.dask.evaluate_linear(h_dask, W_dask, y_all, bias=b_dask)
 m_dask, dask_peak = peak(lambda: lazy.compute(scheduler="threads"))
-print(
-    f"on Dask, {W_dask.numblocks[0]} chunks of classes: perplexity {m_dask.perplexity:.4f}, "
-    f"accuracy {m_dask.accuracy:.2%} (in memory: {m_all.accuracy:.2%}); peak memory "
-    f"{dask_peak / 2**20:.0f} MiB beyond the inputs"
-)
+print(f"on Dask, {W_dask.numblocks[0]} chunks of classes: perplexity {m_dask.perplexity:.4f}")
+print(f"  accuracy {m_dask.accuracy:.2%} (in memory: {m_all.accuracy:.2%})")
+print(f"  peak memory {dask_peak / 2**20:.0f} MiB beyond the inputs")
