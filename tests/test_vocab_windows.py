@@ -12,6 +12,7 @@ contract, 1e-5), for every split of the vocabulary; top classes ranked exactly
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Any
 
 import numpy as np
@@ -138,12 +139,25 @@ def test_ties_rank_the_lower_class_first_across_windows():
             assert got.nll == pytest.approx(want.nll, rel=1e-12)
 
 
-def test_rows_without_a_softmax_are_undefined():
+@pytest.mark.parametrize("where", ["bias", "hidden", "masked"])
+def test_rows_without_a_softmax_are_undefined(where):
+    # A +inf logit in every row (an infinite bias), NaN logits in one row (a NaN
+    # hidden state: NaN in every window, the top-k partition's NaN path), and a row
+    # whose logits are all -inf (every window empty, the merge's NaN).
     h, W, b, y = _inputs(np.float64)
-    b[4] = np.inf
-    got = split_metrics(h, W, y, 0.1, SPLITS[2], bias=b)
+    if where == "bias":
+        b[4] = np.inf
+    elif where == "hidden":
+        h[7, 2] = np.nan
+    else:
+        h[7] = 0.0
+        b[:] = -np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = split_metrics(h, W, y, 0.1, SPLITS[2], bias=b, top_k=3)
     assert np.isnan(got.nll)
     assert np.isnan(got.accuracy)
+    assert_metrics_close(got, metrics.evaluate(materialise(h, W, b), y, 0.1, top_k=3), 1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
