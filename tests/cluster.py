@@ -1,7 +1,9 @@
 """A real ``distributed.LocalCluster`` for the Dask tests, started and stopped by them.
 
 Two worker processes of one thread each, no dashboard, quiet logs; every computation
-waits at most :data:`TIMEOUT` seconds. Import only where ``distributed`` is installed.
+waits at most :data:`TIMEOUT` seconds. ``distributed`` is imported when a cluster
+starts: pytest imports this module for its doctests whether the extra is installed
+or not.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-import distributed
-
 TIMEOUT = 120  # seconds for any one computation on the cluster
 
 
 @contextlib.contextmanager
 def local_cluster(memory_limit: str = "1GiB") -> Iterator[Any]:
     """A client of a fresh two-process LocalCluster, closed on the way out."""
+    import distributed
+
     with warnings.catch_warnings():
         # distributed may warn about its own environment (ports, resource limits);
         # that is not what these tests check.
