@@ -417,3 +417,35 @@ def test_a_bad_target_in_an_array_result_of_unknown_sizes_names_its_block():
         "(The position is within block (3, 0) of the logits"
     )
     assert "compute_chunk_sizes()" in str(got.value)
+
+
+def test_a_graph_of_many_blocks_is_built_without_culling(monkeypatch):
+    """Regression: building a call of n blocks took time in n**2 (44 s for 2,000 blocks
+    of one row pair each, so a chunk per row was out of reach): every dask.delayed call
+    culled the whole graph of its Delayed arguments. The tasks are written as one graph
+    layer now, and nothing is culled until Dask computes."""
+    from dask.highlevelgraph import HighLevelGraph
+
+    culls = []
+    original = HighLevelGraph.cull
+
+    def counting(self, keys):
+        culls.append(1)
+        return original(self, keys)
+
+    monkeypatch.setattr(HighLevelGraph, "cull", counting)
+    z, y = _data(n=400, K=3)
+    zd, yd = da.from_array(z, chunks=(1, 3)), da.from_array(y, chunks=1)
+    for reduction in ("mean", "none"):
+        loss, grad = sdask.cross_entropy_with_grad(
+            zd, yd, 0.1, reduction=reduction, ignore_index=PAD
+        )
+    graph = sdask.evaluate(zd, yd, ignore_index=PAD)
+    assert culls == []
+    got_loss, got_grad, got_metrics = sync(loss, grad, graph)
+    ref_loss, ref_grad = smoothce.cross_entropy_with_grad(
+        z, y, 0.1, reduction="none", ignore_index=PAD
+    )
+    np.testing.assert_array_equal(got_loss, ref_loss)
+    np.testing.assert_array_equal(got_grad, ref_grad)
+    assert got_metrics == metrics.evaluate(z, y, ignore_index=PAD)

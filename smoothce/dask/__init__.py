@@ -62,7 +62,6 @@ from .._scaling import loss_unit
 from ..calibration import _check_bins
 from ._blocks import accumulate_block, finish_loss, grad_pair, loss_sums, none_block
 from ._build import Graph
-from ._graph import scalar
 from ._setup import Setup
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "cross_entropy_with_grad", "evaluate"]
@@ -144,12 +143,11 @@ def cross_entropy(
         weight=weight, ignore_index=ignore_index, num_classes=num_classes,
         z_loss=z_loss, softcap=softcap, workers=workers,
     )  # fmt: skip
-    graph = Graph(st)
+    graph = Graph(st, "cross-entropy")
     if st.p.reduction != "none":
-        total = graph.reduce(loss_sums, finish_loss, *_finish_args(st))
-        return scalar(total, st.p.scalar_dtype)
-    pieces = graph.tasks(none_block, part=False, gate=graph.gate())
-    return graph.rows(pieces, st.p.grad_dtype, "cross-entropy", classes=False)
+        return graph.scalar(graph.reduce(loss_sums, finish_loss, *_finish_args(st)))
+    pieces = graph.blocks("loss", none_block, part=False, gate=graph.gate())
+    return graph.rows("cross-entropy", pieces, st.p.grad_dtype, classes=False)
 
 
 @_doc
@@ -185,8 +183,9 @@ def cross_entropy_grad(
         weight=weight, ignore_index=ignore_index, num_classes=num_classes,
         z_loss=z_loss, softcap=softcap, workers=workers,
     )  # fmt: skip
-    graph = Graph(st, want_loss=False)
-    return graph.grad_of_pairs(graph.pairs(grad_pair))
+    graph = Graph(st, "cross-entropy-grad", want_loss=False)
+    _, grads = graph.split(graph.pairs(grad_pair))
+    return graph.rows("cross-entropy-grad", grads, st.p.grad_dtype, classes=True)
 
 
 @_doc
@@ -227,9 +226,17 @@ def cross_entropy_with_grad(
         weight=weight, ignore_index=ignore_index, num_classes=num_classes,
         z_loss=z_loss, softcap=softcap, workers=workers,
     )  # fmt: skip
-    graph = Graph(st)
+    graph = Graph(st, "cross-entropy-with-grad")
     pairs = graph.pairs(grad_pair)
-    return graph.loss_of_pairs(pairs, finish_loss, *_finish_args(st)), graph.grad_of_pairs(pairs)
+    losses, grads = graph.split(pairs)
+    total = None
+    if st.p.reduction != "none":
+        total = graph.loss_of_pairs(pairs, finish_loss, *_finish_args(st))
+    # Every task is in place: now the results.
+    grad = graph.rows("cross-entropy-grad", grads, st.p.grad_dtype, classes=True)
+    if total is not None:
+        return graph.scalar(total), grad
+    return graph.rows("cross-entropy", losses, st.p.grad_dtype, classes=False), grad
 
 
 def evaluate(
@@ -284,8 +291,8 @@ def evaluate(
         weight=weight, ignore_index=ignore_index, num_classes=None, workers=workers,
         top_k=_metrics._check_top_k(top_k), n_bins=_check_bins(n_bins), metrics=True,
     )  # fmt: skip
-    result: Delayed = Graph(st).reduce(accumulate_block, _result)
-    return result
+    graph = Graph(st, "evaluate")
+    return graph.delayed("evaluate", graph.reduce(accumulate_block, _result))
 
 
 def _result(acc: _metrics.Accumulator) -> _metrics.Metrics:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -89,9 +89,16 @@ class Layout:
 
     chunks: tuple[tuple[float, ...], ...]
     axes: dict[str, tuple[int | None, ...]]
+    unknown_axes: frozenset[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Once per call: every block asks, and a scan of the chunks per block would
+        # cost time in the square of their number.
+        unknown = frozenset(a for a, c in enumerate(self.chunks) if any(map(math.isnan, c)))
+        object.__setattr__(self, "unknown_axes", unknown)
 
     def unknown(self, axis: int) -> bool:
-        return any(math.isnan(c) for c in self.chunks[axis])
+        return axis in self.unknown_axes
 
     # -- order -------------------------------------------------------------------
     def order(self, error: BlockError) -> tuple[Any, ...]:

@@ -344,26 +344,27 @@ class Setup:
         return tuple(out)
 
     # -- blocks ------------------------------------------------------------------
+    def inputs(self) -> list[da.Array]:
+        """The Dask arrays the tasks read (their keys are the blocks')."""
+        return [a for a in (self.z, self.y, self.u) if a is not None]
+
     def blocks(self) -> dict[tuple[int, ...], tuple[Any, Any, Any]]:
-        """``index -> (logits block, labels block, prior block or None)``, Delayed."""
-        zd, yd = self.z.to_delayed(), self.y.to_delayed()
-        ud = None if self.u is None else self.u.to_delayed()
+        """``index -> (logits key, labels key, prior key or None)``, per block."""
         out = {}
         for index in self.grid.indices():
-            yb = yd[Grid.block_of(index, self.y_axes, self.y)]
+            yb = (self.y.name, *Grid.block_of(index, self.y_axes, self.y))
             ub = None
-            if ud is not None and self.u is not None:
-                ub = ud[Grid.block_of(index, self.u_axes, self.u)]
-            out[index] = (zd[index], yb, ub)
+            if self.u is not None:
+                ub = (self.u.name, *Grid.block_of(index, self.u_axes, self.u))
+            out[index] = ((self.z.name, *index), yb, ub)
         return out
 
     def label_blocks(self) -> dict[tuple[int, ...], tuple[Any]]:
-        """``index over the logits' axes -> (labels block,)``, one per labels block."""
-        yd = self.y.to_delayed()
+        """``index over the logits' axes -> (labels key,)``, one per labels block."""
         out = {}
         for idx in np.ndindex(*self.y.numblocks):
             index = [0] * self.grid.ndim
             for i, g in enumerate(self.y_axes):
                 index[g] = idx[i]
-            out[tuple(index)] = (yd[idx],)
+            out[tuple(index)] = ((self.y.name, *idx),)
         return out
