@@ -1,24 +1,27 @@
 """Small calls: smoothce's lean path against naive NumPy and PyTorch at training-loop shapes.
 
-For each shape (float32 logits, epsilon 0.1) five candidates are timed on the same
-arrays: smoothce forward+gradient (``out=`` preallocated) and loss only, the naive
-NumPy code (:func:`smoothce._baselines.naive_loss_and_grad` and its loss part
+For each shape and each distribution of logits (float32, epsilon 0.1; ``--logits``,
+default all four of :mod:`smoothce._bench_logits`: normal, wide, trained, offset)
+five candidates are timed on the same arrays: smoothce forward+gradient (``out=``
+preallocated) and loss only, the naive NumPy code
+(:func:`smoothce._baselines.naive_loss_and_grad` and its loss part
 :func:`~smoothce._baselines.naive_loss`), and PyTorch's forward+backward with one
 thread (``torch.set_num_threads(1)`` once, outside the timed region; skipped when
 PyTorch is absent). smoothce runs with its default ``workers``.
 
-Each sample times enough calls to last at least ``--sample-ms`` (20 ms); the
-candidates are interleaved round by round, so a busy spell of a shared machine hits
-all of them; each candidate gets ``--rounds`` (15) samples. The table gives each
-candidate's median time per call and the min-max over the rounds, and the ratios
-smoothce / naive and smoothce / torch as the median of the per-round ratios (with
-their min-max).
+The timing is ``python -m smoothce bench``'s (:func:`smoothce._bench.time_calls`):
+each sample times enough calls to last at least ``--sample-ms`` (20 ms), the
+candidates of every distribution of a shape are interleaved round by round, so a busy
+spell of a shared machine hits all of them, and each gets ``--rounds`` (15) samples.
+The table gives each candidate's median time per call and the min-max over the
+rounds, and the ratios smoothce / naive and smoothce / torch as the median of the
+per-round ratios (with their min-max).
 
 Run from the repository root (``PYTHONPATH=.`` times this checkout, not an installed
 copy; the header prints which one ran)::
 
     PYTHONPATH=. python benchmarks/small_calls.py [--rounds 15] [--sample-ms 20] \\
-        [--shape N K ...] [--json FILE]
+        [--shape N K ...] [--logits normal,trained ...] [--json FILE]
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +36,8 @@ import numpy as np
 
 import smoothce
 from smoothce._baselines import naive_loss, naive_loss_and_grad
+from smoothce._bench import time_calls
+from smoothce._bench_logits import NAMES, distribution, draw_logits
 
 try:
     import torch
@@ -44,10 +48,8 @@ SHAPES = [(32, 10), (128, 10), (256, 10), (256, 100), (1024, 100), (4096, 100)]
 EPSILON = 0.1
 
 
-def _candidates(n: int, k: int) -> dict[str, Callable[[], Any]]:
-    rng = np.random.default_rng(0)
-    z = rng.standard_normal((n, k)).astype(np.float32)
-    y = rng.integers(0, k, size=n)
+def _candidates(n: int, k: int, logits: str) -> dict[str, Callable[[], Any]]:
+    z, y = draw_logits(logits, (n, k), np.float32)
     out = np.zeros_like(z)  # preallocated and touched: no page faults timed
     cands: dict[str, Callable[[], Any]] = {
         "smoothce fwd+grad": lambda: smoothce.cross_entropy_with_grad(z, y, EPSILON, out=out),
@@ -68,34 +70,20 @@ def _candidates(n: int, k: int) -> dict[str, Callable[[], Any]]:
     return cands
 
 
-def _calls_for(fn: Callable[[], Any], seconds: float) -> int:
-    """Calls per sample: enough to last ``seconds`` (timeit's autorange, doubling)."""
-    number = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        if time.perf_counter() - t0 >= seconds:
-            return number
-        number *= 2
-
-
-def _sample(fn: Callable[[], Any], number: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - t0) / number
-
-
-def measure(n: int, k: int, rounds: int, seconds: float) -> dict[str, list[float]]:
-    """Seconds per call of every candidate, one sample per round, interleaved."""
-    cands = _candidates(n, k)
-    numbers = {name: _calls_for(fn, seconds) for name, fn in cands.items()}
-    times: dict[str, list[float]] = {name: [] for name in cands}
-    for _ in range(rounds):
-        for name, fn in cands.items():
-            times[name].append(_sample(fn, numbers[name]))
-    return times
+def measure(
+    n: int, k: int, logits: list[str], rounds: int, seconds: float
+) -> dict[str, dict[str, list[float]]]:
+    """Seconds per call of every candidate on each distribution, one sample per round,
+    all interleaved."""
+    calls = {
+        f"{name}/{cand}": fn for name in logits for cand, fn in _candidates(n, k, name).items()
+    }
+    times = time_calls(calls, rounds=rounds, min_sample_seconds=seconds)
+    out: dict[str, dict[str, list[float]]] = {name: {} for name in logits}
+    for key, samples in times.items():
+        name, cand = key.split("/", 1)
+        out[name][cand] = samples
+    return out
 
 
 RATIOS = [
@@ -117,45 +105,62 @@ def summarise(times: dict[str, list[float]]) -> dict[str, Any]:
     return res
 
 
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        distribution(name)
+    return names
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--sample-ms", type=float, default=20.0)
     ap.add_argument("--shape", type=int, nargs=2, action="append", metavar=("N", "K"))
+    ap.add_argument(
+        "--logits", type=_names, action="extend", metavar="NAME[,NAME...]",
+        help=f"distributions ({', '.join(NAMES)}; default: all)",
+    )  # fmt: skip
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     if torch is not None:
         torch.set_num_threads(1)  # once, outside every timed region
     shapes = [tuple(s) for s in args.shape] if args.shape else SHAPES
+    logits = list(dict.fromkeys(args.logits or NAMES))
     print(
         f"float32, epsilon {EPSILON}, smoothce from {smoothce.__file__} (out= preallocated, "
         f"default workers), torch {'absent' if torch is None else torch.__version__}"
         f"{'' if torch is None else ' 1 thread'}; "
         f"{args.rounds} interleaved rounds, each sample >= {args.sample_ms:g} ms of calls.\n"
-        "Times: median us per call [min-max over rounds]. Ratios: median of the per-round "
-        "ratios [min-max]; below 1 means smoothce is faster."
+        "Logits: "
+        + "; ".join(f"{name} = {distribution(name).formula}" for name in logits)
+        + ".\nTimes: median us per call [min-max over rounds]. Ratios: median of the "
+        "per-round ratios [min-max]; below 1 means smoothce is faster."
     )
     names = ["smoothce fwd+grad", "naive fwd+grad", "smoothce loss", "naive loss", "torch fwd+bwd"]
-    results = {}
-    header = "| shape | " + " | ".join(names) + " | " + " | ".join(r[0] for r in RATIOS) + " |"
+    results: dict[str, dict[str, Any]] = {}
+    header = (
+        "| shape | logits | " + " | ".join(names) + " | " + " | ".join(r[0] for r in RATIOS) + " |"
+    )
     print(header)
-    print("|" + "---|" * (1 + len(names) + len(RATIOS)))
+    print("|" + "---|" * (2 + len(names) + len(RATIOS)))
     for n, k in shapes:
-        res = summarise(measure(n, k, args.rounds, args.sample_ms / 1e3))
-        results[f"{n}x{k}"] = res
-        cells = [
-            f"{res[c]['median_us']:.1f} [{res[c]['min_us']:.1f}-{res[c]['max_us']:.1f}]"
-            if c in res
-            else "-"
-            for c in names
-        ]
-        cells += [
-            f"{res[r[0]]['median']:.2f} [{res[r[0]]['min']:.2f}-{res[r[0]]['max']:.2f}]"
-            if r[0] in res
-            else "-"
-            for r in RATIOS
-        ]
-        print(f"| ({n}, {k}) | " + " | ".join(cells) + " |", flush=True)
+        for name, times in measure(n, k, logits, args.rounds, args.sample_ms / 1e3).items():
+            res = summarise(times)
+            results.setdefault(f"{n}x{k}", {})[name] = res
+            cells = [
+                f"{res[c]['median_us']:.1f} [{res[c]['min_us']:.1f}-{res[c]['max_us']:.1f}]"
+                if c in res
+                else "-"
+                for c in names
+            ]
+            cells += [
+                f"{res[r[0]]['median']:.2f} [{res[r[0]]['min']:.2f}-{res[r[0]]['max']:.2f}]"
+                if r[0] in res
+                else "-"
+                for r in RATIOS
+            ]
+            print(f"| ({n}, {k}) | {name} | " + " | ".join(cells) + " |", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)

@@ -1,14 +1,21 @@
-"""Timing smoothce against the naive NumPy code, the exp floor and PyTorch.
+"""Timing smoothce against the naive NumPy code, NumPy's exp and PyTorch.
 
-Used by ``python -m smoothce bench``. The method, chosen for shared machines whose
-timings swing by 2x from one moment to the next:
+Used by ``python -m smoothce bench`` (and the quick timing of ``python -m smoothce``).
+The logits are drawn by :mod:`smoothce._bench_logits`, by distribution: standard
+normals, wide, trained or offset logits, since a loss's speed may depend on them.
+The method, chosen for shared machines whose timings swing by 2x from one moment to
+the next:
 
 * **Samples long enough to measure.** A sample times ``number`` calls back to back,
-  with ``number`` chosen once per candidate (as :meth:`timeit.Timer.autorange` does)
-  so that a sample lasts at least :data:`MIN_SAMPLE_SECONDS`; the sample's value is
-  its time divided by ``number``, the time per call.
+  with ``number`` chosen once per candidate (as :meth:`timeit.Timer.autorange` does,
+  from a trial a quarter as long) so that a sample lasts at least
+  :data:`MIN_SAMPLE_SECONDS`; the sample's value is its time divided by ``number``,
+  the time per call.
 * **Interleaved candidates.** A round takes one sample of every candidate, in an
   order rotated from round to round, so slow drifts of the machine hit all alike.
+  The candidates of every distribution asked for are timed in the same rounds (when
+  their arrays fit in memory together), so a distribution's cost is measured as
+  fairly as a candidate's.
 * **Thread counts outside the timed region.** Before a candidate's sample, smoothce's
   ``workers`` is bound into the call and ``torch.set_num_threads`` is called; NumPy's
   BLAS is held at one thread for the whole run (with :mod:`threadpoolctl`, when
@@ -25,71 +32,62 @@ to :mod:`tracemalloc`), beyond the gradient the call returns.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import math
+import os
 import time
 import tracemalloc
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import numpy as np
 
 from ._baselines import exp_floor, naive_loss, naive_loss_and_grad
+from ._bench_logits import distribution, draw_linear_head, draw_logits, logit_stats
 from ._loss import cross_entropy, cross_entropy_with_grad
 from ._parallel import available_cores
 
 __all__ = [
+    "ALL_KINDS",
+    "DEFAULT_LOGITS",
+    "DEFAULT_ROUNDS",
     "DEFAULT_SHAPES",
     "MIN_SAMPLE_SECONDS",
     "SWEEP_K",
+    "SWEEP_KINDS",
     "SWEEP_N",
     "Measurement",
     "Spread",
-    "format_sweep",
-    "format_table",
+    "join_and",
+    "load_average",
+    "load_note",
+    "measure",
+    "measure_linear",
+    "measure_linear_head",
     "measure_shape",
     "memory_wording",
+    "size_text",
+    "thread_word",
+    "time_calls",
     "verdict",
 ]
 
 #: The default run: the small calls of training loops and two large shapes, all
 #: small enough that the naive code stays far below 1.5 GiB (larger ones by ``--shape``).
 DEFAULT_SHAPES = [(32, 10), (256, 10), (1024, 100), (8192, 1000), (128, 32000)]
+#: The logits of the default run: standard normals and a trained classifier's
+#: (:mod:`smoothce._bench_logits`), timed in the same rounds.
+DEFAULT_LOGITS = ("normal", "trained")
+#: Rounds (samples per candidate) of ``python -m smoothce bench``: five keep the default
+#: run (5 shapes, 11 candidates, 2 distributions) under 30 s on a 2-core machine.
+DEFAULT_ROUNDS = 5
 #: The ``--sweep`` grid: rows N, columns K.
 SWEEP_N = (32, 256, 2048, 16384)
 SWEEP_K = (10, 100, 1000, 32000)
 #: Each sample times enough calls to last at least this long.
 MIN_SAMPLE_SECONDS = 0.02
-
-#: Every candidate: what it is, printed once above the tables.
-LEGEND = [
-    ("exp floor", "one np.exp over the logits into a preallocated buffer: the least any "
-     "exact method must do"),
-    ("smoothce forward", "smoothce.cross_entropy(logits, labels, epsilon, workers=T): the loss"),
-    ("smoothce fwd+grad", "smoothce.cross_entropy_with_grad(..., workers=T, out=a "
-     "preallocated array): loss and gradient in one call"),
-    ("naive forward", "the softmax-then-log NumPy code users write "
-     "(smoothce._baselines.naive_loss): the loss"),
-    ("naive fwd+grad", "the same code returning the loss and the gradient p - q "
-     "(naive_loss_and_grad)"),
-    ("torch forward", "torch.nn.functional.cross_entropy(label_smoothing=epsilon) under "
-     "no_grad, torch.set_num_threads(T)"),
-    ("torch fwd+bwd", "the same with .backward() to the logits"),
-    ("z_loss, softcap", "with --lm: smoothce fwd+grad with z_loss=1e-4, or softcap=30.0, one "
-     "thread, against the plain fwd+grad"),
-    ("linear ...", "with --linear N D V: linear_cross_entropy_with_grad (fused, never builds "
-     "the (N, V) logits) against the unfused head (logits, in-place loss and gradient, "
-     "then the products) and the three matrix products alone; one thread"),
-]  # fmt: skip
-COLUMNS = [
-    ("calls/sample", f"calls timed back to back in one sample, enough for >= "
-     f"{MIN_SAMPLE_SECONDS * 1e3:.0f} ms (in the last round)"),
-    ("median", "time per call, median over the samples (one sample per round)"),
-    ("q1-q3", "the interquartile range of the samples: the spread"),
-    ("x floor", "median over the exp floor's median, with the range q1/q3(floor) to "
-     "q3/q1(floor)"),
-]  # fmt: skip
 
 #: Peak memory of each kind of candidate in units of the logits' size (measured with
 #: tracemalloc: the naive code holds five (N, K) arrays at once, PyTorch a copy of the
@@ -98,6 +96,14 @@ _MEMORY_FACTOR = {
     "exp floor": 1.0, "smoothce forward": 0.0, "smoothce fwd+grad": 1.0, "naive forward": 5.0,
     "naive fwd+grad": 5.0, "torch forward": 4.0, "torch fwd+bwd": 4.0,
     "smoothce z_loss": 1.0, "smoothce softcap": 2.0,
+}  # fmt: skip
+
+#: Arrays of the logits' size that a distribution's candidates keep while they are
+#: timed: NumPy exp's buffer, the gradient, PyTorch's copy of the logits and its
+#: gradient (shared by its candidates, counted once), each language-model option's.
+_HELD = {
+    "exp floor": 1.0, "smoothce fwd+grad": 1.0, "torch forward": 1.0, "torch fwd+bwd": 1.0,
+    "smoothce z_loss": 1.0, "smoothce softcap": 1.0,
 }  # fmt: skip
 
 #: The language-model options, timed by ``--lm`` beside the plain forward + gradient
@@ -167,7 +173,8 @@ def verdict(ours: Sequence[float], theirs: Sequence[float]) -> str:
     return text
 
 
-def _bytes(b: float) -> str:
+def size_text(b: float) -> str:
+    """A size in bytes as B, KiB or MiB."""
     size = abs(b)
     if size >= 2**20:
         return f"{b / 2**20:.1f} MiB"
@@ -190,7 +197,34 @@ def memory_wording(extra: int, logits_bytes: int) -> str:
         of = f"{abs(share):.1f}x the logits"
     else:
         of = f"{100 * abs(share):.1f}% of the logits"
-    return f"{sign}{_bytes(abs(extra))} ({of})"
+    return f"{sign}{size_text(abs(extra))} ({of})"
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, where the OS reports one."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - Windows
+        return None
+
+
+def load_note(load: float | None, cores: int) -> str | None:
+    """A warning when the load average ``load`` shows other processes on the cores.
+
+    None when the machine looks quiet (load below half the cores) or there is no
+    load average.
+
+    >>> load_note(0.5, 2) is None
+    True
+    >>> load_note(2.5, 2).split(":")[1]
+    ' load average 2.5 on 2 core(s) before starting'
+    """
+    if load is None or load < cores / 2:
+        return None
+    return (
+        f"note: load average {load:.1f} on {cores} core(s) before starting: other "
+        'processes compete for the CPU, so expect wide spreads and more "within noise"'
+    )
 
 
 @dataclass
@@ -208,10 +242,13 @@ class Candidate:
 
 @dataclass
 class Measurement:
-    """Per-call times of every candidate on one shape, and extra memory in bytes.
+    """Per-call times of every candidate on one shape and one distribution of logits.
 
     ``times`` holds the medians (seconds), ``spread`` the quartiles ``[q1, q3]`` and
     ``samples`` every sample; ``skipped`` says why a candidate was not timed.
+    ``logits`` names the distribution (:mod:`smoothce._bench_logits`), ``logit_stats``
+    describes the arrays drawn (:func:`~smoothce._bench_logits.logit_stats`), and
+    ``timed_with`` lists the distributions whose candidates ran in the same rounds.
     """
 
     shape: tuple[int, int]
@@ -227,6 +264,10 @@ class Measurement:
     extra_memory: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     blas: str = ""
+    logits: str = "normal"
+    logit_stats: dict[str, float] = field(default_factory=dict)
+    timed_with: list[str] = field(default_factory=list)
+    linear_d: int | None = None  # the linear head's features, for --linear
 
     def ratio(self, a: str, b: str) -> float | None:
         """Median time of ``a`` over that of ``b``, or None if either is missing."""
@@ -248,20 +289,56 @@ def _import_torch() -> Any:
         return None
 
 
-def _thread_word(t: int) -> str:
+def join_and(words: Sequence[str]) -> str:
+    """Words as a list in prose.
+
+    >>> join_and(["normal"]), join_and(["normal", "wide", "offset"])
+    ('normal', 'normal, wide and offset')
+    """
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def thread_word(t: int) -> str:
+    """ "1 thread", "2 threads"."""
     return f"{t} thread" + ("" if t == 1 else "s")
+
+
+#: Environment variables that set thread pools' sizes, reported with the threads.
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _thread_pools(threadpoolctl: Any) -> str:
+    """The native thread pools loaded in this process and their sizes, as text."""
+    pools = [
+        f"{info.get('prefix')} {info.get('version') or ''}".rstrip()
+        + f" ({info.get('user_api')}): {thread_word(int(info.get('num_threads', 0)))}"
+        for info in threadpoolctl.threadpool_info()
+    ]
+    return "; ".join(pools) or "no native thread pool loaded"
+
+
+def _environment_threads() -> str:
+    set_ = [f"{v}={os.environ[v]}" for v in _THREAD_VARIABLES if v in os.environ]
+    return ", ".join(set_) if set_ else "none of " + ", ".join(_THREAD_VARIABLES) + " set"
 
 
 @contextlib.contextmanager
 def _blas_on_one_thread() -> Iterator[str]:
-    """Hold NumPy's BLAS at one thread (threadpoolctl), and say what was done."""
+    """Hold NumPy's BLAS at one thread (threadpoolctl), and say what was done: the
+    thread pools as they are while held, and the environment's thread variables."""
     try:
         threadpoolctl: Any = importlib.import_module("threadpoolctl")
     except ImportError:
-        yield "NumPy's BLAS threads as configured (threadpoolctl is not installed)"
+        yield (
+            "NumPy's BLAS threads as configured (threadpoolctl is not installed); "
+            f"environment: {_environment_threads()}"
+        )
         return
     with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
-        yield "NumPy's BLAS held at 1 thread (threadpoolctl)"
+        yield (
+            f"NumPy's BLAS held at 1 thread (threadpoolctl); pools during the run: "
+            f"{_thread_pools(threadpoolctl)}; environment: {_environment_threads()}"
+        )
 
 
 def _candidates(
@@ -276,7 +353,7 @@ def _candidates(
     if "exp floor" in kinds:
         buf = np.empty_like(logits)
         buf.fill(0.0)  # touch the pages so that page faults are not timed
-        out.append(Candidate("exp floor", "exp floor", "floor", 1, lambda: exp_floor(logits, buf)))
+        out.append(Candidate("exp floor", "NumPy exp", "floor", 1, lambda: exp_floor(logits, buf)))
     if "smoothce fwd+grad" in kinds:
         grad = np.empty_like(logits)
         grad.fill(0.0)
@@ -288,7 +365,7 @@ def _candidates(
         def forward_grad(w: int = w) -> Any:
             return cross_entropy_with_grad(logits, labels, epsilon, workers=w, out=grad)
 
-        tw = _thread_word(w)
+        tw = thread_word(w)
         for kind, fn in (("smoothce forward", forward), ("smoothce fwd+grad", forward_grad)):
             if kind in kinds:
                 label = f"{kind}, {tw}"
@@ -340,7 +417,7 @@ def _candidates(
             return loss
 
         for t in threads:
-            tw = _thread_word(t)
+            tw = thread_word(t)
             if "torch forward" in kinds:
                 out.append(
                     Candidate(f"torch forward t{t}", f"torch forward, {tw}", "torch", t, t_forward)
@@ -356,9 +433,14 @@ def _candidates(
 
 
 def _calls_per_sample(fn: Callable[[], Any], min_seconds: float) -> int:
-    """The number of back-to-back calls of ``fn`` that last at least ``min_seconds``."""
+    """The number of back-to-back calls of ``fn`` that last at least ``min_seconds``.
+
+    Estimated from a trial of a quarter of that, 20% past the target: a full-length
+    trial for every candidate cost a quarter of a default run's time.
+    """
     fn()  # warm-up: first-call costs (caches, page faults) are not a sample
     number = 1
+    trial = min_seconds / 4
     while True:
         t0 = time.perf_counter()
         for _ in range(number):
@@ -366,8 +448,10 @@ def _calls_per_sample(fn: Callable[[], Any], min_seconds: float) -> int:
         elapsed = time.perf_counter() - t0
         if elapsed >= min_seconds:
             return number
-        # Aim 20% past the target from this estimate, growing at most 100x a step.
-        guess = math.ceil(number * 1.2 * min_seconds / max(elapsed, 1e-9))
+        if elapsed >= trial:
+            return math.ceil(number * 1.2 * min_seconds / elapsed)
+        # Aim 20% past the trial's length from this estimate, growing at most 100x a step.
+        guess = math.ceil(number * 1.2 * trial / max(elapsed, 1e-9))
         number = max(number + 1, min(guess, 100 * number))
 
 
@@ -406,6 +490,25 @@ def _run_rounds(
     return samples, numbers
 
 
+def time_calls(
+    calls: Mapping[str, Callable[[], Any]],
+    *,
+    rounds: int = 7,
+    min_sample_seconds: float = MIN_SAMPLE_SECONDS,
+) -> dict[str, list[float]]:
+    """Seconds per call of each callable: ``rounds`` interleaved, autoranged samples.
+
+    The bench's method (module docstring) for scripts that build their own calls
+    (``benchmarks/small_calls.py``, ``benchmarks/trained_mlp.py``); thread counts are
+    the caller's to fix beforehand. ``Spread.of`` and :func:`verdict` read the result.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1; got rounds={rounds}.")
+    cands = [Candidate(key, key, "call", 1, fn) for key, fn in calls.items()]
+    samples, _ = _run_rounds(cands, lambda c: None, rounds, min_sample_seconds, None)
+    return samples
+
+
 def _extra_memory(fn: Callable[[], Any]) -> int:
     tracemalloc.start()
     try:
@@ -422,11 +525,81 @@ ALL_KINDS = frozenset(
         "naive fwd+grad", "torch forward", "torch fwd+bwd",
     }
 )  # fmt: skip
+#: What ``--sweep`` times on every shape of its grid (one thread): everything the
+#: performance page shows, without the naive loss alone.
+SWEEP_KINDS = ALL_KINDS - {"naive forward"}
 
 
-def measure_shape(
+def _names(logits: str | Iterable[str]) -> list[str]:
+    names = [logits] if isinstance(logits, str) else list(dict.fromkeys(logits))
+    if not names:
+        raise ValueError("logits must name at least one distribution; got none.")
+    for name in names:
+        distribution(name)  # a clear error for an unknown name
+    return names
+
+
+def _progress_printer(
+    progress: TextIO | None, what: str, rounds: int
+) -> Callable[[int], None] | None:
+    """Rewrites one line of ``progress`` (a terminal) round by round; None without one."""
+    if progress is None:
+        return None
+    stream = progress
+
+    def show(r: int) -> None:
+        print(f"\r  {what}: round {r + 1}/{rounds}", end="", file=stream, flush=True)
+
+    return show
+
+
+def _measure_together(
+    names: Sequence[str],
+    build: Callable[[str, Measurement], list[Candidate]],
+    new: Callable[[str], Measurement],
+    set_threads: Callable[[Candidate], None],
+    rounds: int,
+    min_sample_seconds: float,
+    memory: bool,
+    progress: Callable[[int], None] | None,
+) -> list[Measurement]:
+    """Time the candidates of every distribution in ``names`` in the same rounds.
+
+    ``new(name)`` makes a distribution's Measurement, ``build(name, m)`` its
+    candidates (drawing its arrays); keys are prefixed by the distribution for the
+    rounds and stored without it, one Measurement per distribution.
+    """
+    ms = [new(name) for name in names]
+    cands: list[Candidate] = []
+    own: dict[str, tuple[Measurement, Candidate]] = {}
+    for name, m in zip(names, ms, strict=True):
+        m.rounds, m.timed_with = rounds, list(names)
+        for c in build(name, m):
+            tagged = dataclasses.replace(c, key=f"{name}/{c.key}")
+            cands.append(tagged)
+            own[tagged.key] = (m, c)
+    with _blas_on_one_thread() as blas:
+        samples, numbers = _run_rounds(cands, set_threads, rounds, min_sample_seconds, progress)
+    for key, (m, c) in own.items():
+        m.blas = blas
+        s = Spread.of(samples[key])
+        m.times[c.key] = s.median
+        m.spread[c.key] = [s.q1, s.q3]
+        m.samples[c.key] = samples[key]
+        m.calls_per_sample[c.key] = numbers[key]
+        m.labels[c.key] = c.label
+        if memory and c.memory is not None:
+            extra = _extra_memory(c.memory)
+            if c.returns_grad:  # the gradient it returns is not extra
+                extra -= m.logits_bytes
+            m.extra_memory[c.key] = extra
+    return ms
+
+
+def measure(
     shape: tuple[int, int],
     *,
+    logits: str | Iterable[str] = "normal",
     dtype: str = "float32",
     epsilon: float = 0.1,
     workers: Iterable[int] | None = None,
@@ -436,13 +609,18 @@ def measure_shape(
     max_memory_bytes: float = math.inf,
     memory: bool = True,
     progress: TextIO | None = None,
-) -> Measurement:
-    """Time every candidate on the same arrays of ``shape``.
+) -> list[Measurement]:
+    """Time every candidate on the same arrays of ``shape``, for each distribution.
 
     Parameters
     ----------
     shape : (int, int)
         ``(N, K)`` of the logits.
+    logits : str or iterable of str
+        The distributions (:data:`smoothce._bench_logits.NAMES`), each drawn with
+        seed 0. Their candidates are timed in the same rounds, unless holding every
+        distribution's arrays at once would skip a candidate that fits alone: then
+        one distribution after another (``timed_with`` says which).
     dtype : str
         Logits dtype: float16, float32 or float64.
     epsilon : float
@@ -460,259 +638,153 @@ def measure_shape(
     memory : bool
         Whether to measure extra peak memory (one more call of each candidate).
     progress : file, optional
-        Where to print the progress of the rounds.
+        Where to rewrite a line with the rounds' progress (a terminal).
+
+    Returns
+    -------
+    list of Measurement
+        One per distribution, in the order of ``logits``.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1; got rounds={rounds}.")
+    names = _names(logits)
     n, k = shape
     kinds = set(kinds)
-    rng = np.random.default_rng(0)
     nbytes = n * k * np.dtype(dtype).itemsize
-    m = Measurement((n, k), np.dtype(dtype).name, epsilon, nbytes, rounds=rounds)
-    for kind in sorted(kinds):
-        need = (1 + _MEMORY_FACTOR[kind]) * nbytes  # with the logits themselves
-        if need > max_memory_bytes:
-            kinds.discard(kind)
-            m.skipped[kind] = (
-                f"would need about {need / 2**30:.1f} GiB, over the limit of "
-                f"{max_memory_bytes / 2**30:.1f} GiB (--max-memory)"
-            )
+    fits = {kind: (1 + _MEMORY_FACTOR[kind]) * nbytes <= max_memory_bytes for kind in kinds}
+    # Timed together, every distribution's arrays are held at once: the logits and the
+    # buffers its candidates keep, besides the largest transient of one call.
+    timed = [kind for kind in kinds if fits[kind]]
+    held = 1 + sum(_HELD.get(kind, 0.0) for kind in timed)
+    peak = max((_MEMORY_FACTOR[kind] for kind in timed), default=0.0)
+    together = (len(names) * held + peak) * nbytes <= max_memory_bytes
+    skipped = {
+        kind: f"would need about {(1 + _MEMORY_FACTOR[kind]) * nbytes / 2**30:.1f} GiB, over "
+        f"the limit of {max_memory_bytes / 2**30:.1f} GiB (--max-memory)"
+        for kind in sorted(kinds)
+        if not fits[kind]
+    }
+    kinds = {kind for kind in kinds if fits[kind]}
     torch = _import_torch() if kinds & {"torch forward", "torch fwd+bwd"} else None
-    if torch is None and kinds & {"torch forward", "torch fwd+bwd"}:
-        m.skipped["torch"] = "PyTorch is not installed"
-    # float16 is drawn in float32 and rounded: NumPy draws no float16 normals.
-    draw = np.float64 if np.dtype(dtype) == np.float64 else np.float32
-    logits = rng.standard_normal(shape, dtype=draw).astype(dtype, copy=False)
-    labels = rng.integers(0, k, size=n)
     threads = sorted(set(workers)) if workers is not None else sorted({1, available_cores()})
-    cands = _candidates(logits, labels, epsilon, threads, kinds, torch)
+    dt = np.dtype(dtype).name
+
+    def new(name: str) -> Measurement:
+        m = Measurement((n, k), dt, epsilon, nbytes, logits=name, skipped=dict(skipped))
+        if torch is None and kinds & {"torch forward", "torch fwd+bwd"}:
+            m.skipped["torch"] = "PyTorch is not installed"
+        return m
+
+    def build(name: str, m: Measurement) -> list[Candidate]:
+        z, y = draw_logits(name, (n, k), dtype)
+        m.logit_stats = logit_stats(z, y)
+        return _candidates(z, y, epsilon, threads, kinds, torch)
 
     def set_threads(c: Candidate) -> None:
         if c.kind == "torch" and torch is not None:
             torch.set_num_threads(c.threads)
 
-    def show(r: int) -> None:
-        print(f"\r  {n} x {k} {m.dtype}: round {r + 1}/{rounds}", end="", file=progress)
-        if progress is not None:
-            progress.flush()
-
-    with _blas_on_one_thread() as m.blas:
-        samples, numbers = _run_rounds(
-            cands, set_threads, rounds, min_sample_seconds, show if progress else None
+    groups = [names] if together else [[name] for name in names]
+    results: list[Measurement] = []
+    for group in groups:
+        show = _progress_printer(progress, f"{n} x {k} {dt}, {join_and(group)} logits", rounds)
+        results += _measure_together(
+            group, build, new, set_threads, rounds, min_sample_seconds, memory, show
         )
-    if progress is not None:
-        print(file=progress)
-    _record(m, cands, samples, numbers, logits.nbytes if memory else None)
+        if progress is not None:
+            print(file=progress)
+    return results
+
+
+def measure_shape(
+    shape: tuple[int, int], *, logits: str = "normal", **options: Any
+) -> Measurement:
+    """:func:`measure` on one distribution (default: standard normals)."""
+    (m,) = measure(shape, logits=logits, **options)
     return m
 
 
-def _record(
-    m: Measurement,
-    cands: Sequence[Candidate],
-    samples: dict[str, list[float]],
-    numbers: dict[str, int],
-    grad_bytes: int | None,
-) -> None:
-    """Store each candidate's median, quartiles and samples in ``m``; with
-    ``grad_bytes``, also its extra peak memory (less a gradient it returns)."""
-    for c in cands:
-        s = Spread.of(samples[c.key])
-        m.times[c.key] = s.median
-        m.spread[c.key] = [s.q1, s.q3]
-        m.samples[c.key] = samples[c.key]
-        m.calls_per_sample[c.key] = numbers[c.key]
-        m.labels[c.key] = c.label
-        if grad_bytes is not None and c.memory is not None:
-            extra = _extra_memory(c.memory)
-            if c.returns_grad:  # the gradient it returns is not extra
-                extra -= grad_bytes
-            m.extra_memory[c.key] = extra
-
-
-def measure_linear(
+def measure_linear_head(
     n: int,
     d: int,
     v: int,
     *,
+    logits: str | Iterable[str] = "normal",
     dtype: str = "float32",
     epsilon: float = 0.1,
     rounds: int = 7,
     min_sample_seconds: float = MIN_SAMPLE_SECONDS,
     memory: bool = True,
     progress: TextIO | None = None,
-) -> Measurement:
+) -> list[Measurement]:
     """Time the linear head on ``n`` rows of ``d`` features and ``v`` classes.
 
-    Candidates (one thread): :func:`smoothce.linear_cross_entropy_with_grad`, which
-    never builds the (n, v) logits; the unfused head (``hidden @ classifier.T + bias``,
+    Candidates (one smoothce worker; NumPy's BLAS held at one thread, as every
+    candidate here): :func:`smoothce.linear_cross_entropy_with_grad`, which never
+    builds the (n, v) logits; the unfused head (``hidden @ classifier.T + bias``,
     :func:`smoothce.cross_entropy_with_grad` in place, then the two products and the
-    bias sum); and the three matrix products alone, the least any exact method does.
-    The Measurement's shape is ``(n, v)`` and its "logits" the (n, v) array the
-    unfused head allocates.
+    bias sum); and the three matrix products alone. The head's arrays come from
+    :func:`smoothce._bench_logits.draw_linear_head`: the classifier scaled so that
+    the logits have each distribution's spread. Each Measurement's shape is ``(n, v)``
+    and its "logits" the (n, v) array the unfused head allocates; ``logit_stats``
+    describes the logits of its first rows, and ``blas`` the thread pools.
+
+    Returns
+    -------
+    list of Measurement
+        One per distribution, timed in the same rounds.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1; got rounds={rounds}.")
     from ._linear import linear_cross_entropy_with_grad
 
-    rng = np.random.default_rng(0)
-    draw = np.float64 if np.dtype(dtype) == np.float64 else np.float32
-    h = rng.standard_normal((n, d), dtype=draw).astype(dtype, copy=False)
-    w = (rng.standard_normal((v, d), dtype=draw) * d**-0.5).astype(dtype, copy=False)
-    b = np.zeros(v, dtype=dtype)
-    y = rng.integers(0, v, size=n)
-    m = Measurement((n, v), np.dtype(dtype).name, epsilon, n * v * np.dtype(dtype).itemsize)
-    m.rounds = rounds
+    names = _names(logits)
+    dt = np.dtype(dtype).name
+    nbytes = n * v * np.dtype(dtype).itemsize
 
-    def fused() -> Any:
-        return linear_cross_entropy_with_grad(h, w, y, epsilon, bias=b, workers=1)
+    def new(name: str) -> Measurement:
+        return Measurement((n, v), dt, epsilon, nbytes, logits=name, linear_d=d)
 
-    def unfused() -> Any:
-        z = h @ w.T
-        z += b
-        loss, g = cross_entropy_with_grad(z, y, epsilon, workers=1, out=z)
-        return loss, g @ w, g.T @ h, g.sum(axis=0)
+    def build(name: str, m: Measurement) -> list[Candidate]:
+        h, w, b, y = draw_linear_head(name, n, d, v, dtype)
+        rows = min(n, 256)
+        m.logit_stats = logit_stats(h[:rows] @ w.T + b, y[:rows])
 
-    def products() -> Any:
-        z = h @ w.T
-        return z @ w, z.T @ h
+        def fused() -> Any:
+            return linear_cross_entropy_with_grad(h, w, y, epsilon, bias=b, workers=1)
 
-    cands = [
-        Candidate("linear fused", "smoothce linear, fused", "smoothce", 1, fused, memory=fused),
-        Candidate("linear unfused", "logits, loss, products", "naive", 1, unfused, memory=unfused),
-        Candidate("linear products", "the 3 matrix products", "floor", 1, products),
-    ]
+        def unfused() -> Any:
+            z = h @ w.T
+            z += b
+            loss, g = cross_entropy_with_grad(z, y, epsilon, workers=1, out=z)
+            return loss, g @ w, g.T @ h, g.sum(axis=0)
 
-    def show(r: int) -> None:
-        print(f"\r  linear {n} x {d} x {v} {m.dtype}: round {r + 1}/{rounds}", end="",
-              file=progress, flush=True)  # fmt: skip
+        def products() -> Any:
+            z = h @ w.T
+            return z @ w, z.T @ h
 
-    with _blas_on_one_thread() as m.blas:
-        samples, numbers = _run_rounds(
-            cands, lambda c: None, rounds, min_sample_seconds, show if progress else None
-        )
+        return [
+            Candidate("linear fused", "smoothce linear, fused", "smoothce", 1, fused,
+                      memory=fused),
+            Candidate("linear unfused", "logits, loss, products", "naive", 1, unfused,
+                      memory=unfused),
+            Candidate("linear products", "the 3 matrix products", "floor", 1, products),
+        ]  # fmt: skip
+
+    show = _progress_printer(
+        progress, f"linear {n} x {d} x {v} {dt}, {join_and(names)} logits", rounds
+    )
+    results = _measure_together(
+        names, build, new, lambda c: None, rounds, min_sample_seconds, memory, show
+    )
     if progress is not None:
         print(file=progress)
-    _record(m, cands, samples, numbers, None if not memory else 0)
+    return results
+
+
+def measure_linear(
+    n: int, d: int, v: int, *, logits: str = "normal", **options: Any
+) -> Measurement:
+    """:func:`measure_linear_head` on one distribution (default: standard normals)."""
+    (m,) = measure_linear_head(n, d, v, logits=logits, **options)
     return m
-
-
-def _ms(t: float) -> str:
-    return f"{t * 1e3:.4f}" if t < 1e-3 else f"{t * 1e3:.3f}"
-
-
-def print_legend(out: TextIO, *, sweep: bool = False) -> None:
-    """Explain the candidates and the columns."""
-    print("Candidates (all on the same arrays; T threads = smoothce workers=T, "
-          "torch.set_num_threads(T)):", file=out)  # fmt: skip
-    for name, text in LEGEND:
-        print(f"  {name:18s} {text}", file=out)
-    if not sweep:
-        print("Columns:", file=out)
-        for name, text in COLUMNS:
-            print(f"  {name:18s} {text}", file=out)
-    print(
-        'Verdicts compare medians; "within noise" when the two q1-q3 ranges overlap.',
-        file=out,
-    )
-
-
-def comparisons(m: Measurement) -> list[tuple[str, str]]:
-    """The pairs (ours, theirs) that the verdicts of one shape are about."""
-    ws = sorted(int(key.rsplit("w", 1)[1]) for key in m.times if key.startswith("smoothce f"))
-    pairs: list[tuple[str, str]] = []
-    for w in sorted(set(ws)):
-        fw, fg = f"smoothce forward w{w}", f"smoothce fwd+grad w{w}"
-        pairs += [
-            (fg, "naive fwd+grad"),
-            (fw, "naive forward"),
-            (fg, f"torch fwd+bwd t{w}"),
-            (fw, f"torch forward t{w}"),
-        ]
-    if len(set(ws)) > 1:
-        lo, hi = min(ws), max(ws)
-        pairs += [
-            (f"smoothce forward w{hi}", f"smoothce forward w{lo}"),
-            (f"smoothce fwd+grad w{hi}", f"smoothce fwd+grad w{lo}"),
-        ]
-    pairs += [(kind, "smoothce fwd+grad w1") for kind in LM_OPTIONS]
-    pairs += [("linear fused", "linear unfused"), ("linear fused", "linear products")]
-    return [(a, b) for a, b in pairs if a in m.samples and b in m.samples]
-
-
-def format_table(results: list[Measurement], out: TextIO) -> None:
-    """Print, per shape, every candidate's median and spread, the verdicts and memory."""
-    for m in results:
-        n, k = m.shape
-        print(
-            f"\n({n}, {k}) {m.dtype}, epsilon={m.epsilon}, logits {_bytes(m.logits_bytes)}, "
-            f"{m.rounds} sample(s) per candidate",
-            file=out,
-        )
-        print(
-            f"  {'candidate':28s} {'calls/sample':>12s} {'median ms':>10s} "
-            f"{'q1-q3 ms':>19s} {'x floor':>15s}",
-            file=out,
-        )
-        floor = m.spread.get("exp floor")
-        for key, t in m.times.items():
-            q1, q3 = m.spread[key]
-            if floor is not None and floor[0] > 0:
-                xf = f"{t / m.times['exp floor']:.1f} ({q1 / floor[1]:.1f}-{q3 / floor[0]:.1f})"
-            else:
-                xf = "-"
-            print(
-                f"  {m.labels[key]:28s} {m.calls_per_sample[key]:12d} {_ms(t):>10s} "
-                f"{_ms(q1) + '-' + _ms(q3):>19s} {xf:>15s}",
-                file=out,
-            )
-        for key, why in m.skipped.items():
-            print(f"  {key}: not timed: {why}", file=out)
-        pairs = comparisons(m)
-        if pairs:
-            print("  verdicts:", file=out)
-        for a, b in pairs:
-            print(f"  - {m.labels[a]} vs {m.labels[b]}: {m.verdict(a, b)}", file=out)
-        if m.extra_memory:
-            print(
-                "  extra peak memory (NumPy allocations during one call, beyond a returned "
-                "gradient):",
-                file=out,
-            )
-        for key, extra in m.extra_memory.items():
-            print(f"  - {m.labels[key]}: {memory_wording(extra, m.logits_bytes)}", file=out)
-
-
-def _cell(m: Measurement | None, ours: str, theirs: str) -> str:
-    if m is None:
-        return "-"
-    v = m.verdict(ours, theirs)
-    if v is None:
-        return "-"
-    if v == "within noise":
-        return "~"
-    ratio, word = v.split(" ")[:2]
-    return ratio if word == "faster" else f"{ratio} slower"
-
-
-def format_sweep(results: list[Measurement], threads: int, out: TextIO) -> None:
-    """Print the sweep's grids: smoothce's speed-up against naive NumPy and PyTorch."""
-    by_shape = {m.shape: m for m in results}
-    ns = sorted({s[0] for s in by_shape})
-    ks = sorted({s[1] for s in by_shape})
-    ours = f"smoothce fwd+grad w{threads}"
-    tw = _thread_word(threads)
-    for theirs, name in (
-        ("naive fwd+grad", "naive fwd+grad"),
-        (f"torch fwd+bwd t{threads}", f"torch fwd+bwd, {tw}"),
-    ):
-        print(f"\nsmoothce fwd+grad, {tw}, against {name}: how many times faster smoothce is",
-              file=out)  # fmt: skip
-        print('("1.8x slower" where it is slower, "~" within noise, "-" not timed)', file=out)
-        corner = "N \\ K"
-        print(f"  {corner:>7s}" + "".join(f"{k:>13d}" for k in ks), file=out)
-        for n in ns:
-            cells = "".join(f"{_cell(by_shape.get((n, k)), ours, theirs):>13s}" for k in ks)
-            print(f"  {n:>7d}{cells}", file=out)
-    skipped = [(m.shape, key, why) for m in results for key, why in m.skipped.items()]
-    for shape, key, why in skipped:
-        print(f"  {shape}: {key} not timed: {why}", file=out)

@@ -13,29 +13,41 @@ import argparse
 import math
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from . import __version__
-from ._baselines import naive_loss_and_grad
 from ._bench import (
     ALL_KINDS,
+    DEFAULT_LOGITS,
+    DEFAULT_ROUNDS,
     DEFAULT_SHAPES,
     LM_OPTIONS,
     MIN_SAMPLE_SECONDS,
     SWEEP_K,
+    SWEEP_KINDS,
     SWEEP_N,
-    format_sweep,
-    format_table,
-    measure_linear,
-    measure_shape,
-    print_legend,
+    Measurement,
+    join_and,
+    load_average,
+    load_note,
+    measure,
+    measure_linear_head,
 )
-from ._loss import cross_entropy_with_grad, soft_target_cross_entropy
+from ._bench_logits import DISTRIBUTIONS, NAMES
+from ._bench_report import format_summary, format_sweep, format_table, print_legend
+from ._eval_dask import INSTALL  # a string; Dask is imported only when it runs
+from ._loss import soft_target_cross_entropy
 from .calibration import MAX_BINS
+
+#: The one command that regenerates the performance page's data (docs/examples/
+#: plot_performance.py reads the file it writes).
+PAGE_COMMAND = (
+    "python -m smoothce bench --sweep --logits normal,wide,trained,offset --rounds 7 "
+    "--json docs/data/performance.json"
+)
 
 #: Three worked examples and their expected 6-decimal means: (logits, labels, K, epsilon, mean).
 WORKED_EXAMPLES: list[tuple[list[list[float]], list[int], int, float, float]] = [
@@ -43,17 +55,6 @@ WORKED_EXAMPLES: list[tuple[list[list[float]], list[int], int, float, float]] = 
     ([[1.0, -1.0], [0.5, 0.5]], [0, 1], 2, 0.05, 0.435038),
     ([[3.0, 1.0, 0.0, -1.0]], [0], 4, 0.0, 0.185182),
 ]
-
-
-def median_time(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of ``fn()`` in seconds, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def run_examples(out: Any) -> bool:
@@ -72,22 +73,37 @@ def run_examples(out: Any) -> bool:
     return all_ok
 
 
-def run_timing(shape: tuple[int, int], epsilon: float, repeats: int, out: Any) -> None:
+def run_timing(shape: tuple[int, int], epsilon: float, rounds: int, out: Any) -> None:
+    """The quick timing: forward + gradient against the naive NumPy code, one thread,
+    on standard-normal and trained logits, with the bench's method and wording."""
+    from ._parallel import available_cores
+
     n, k = shape
-    rng = np.random.default_rng(0)
-    logits = rng.standard_normal(shape, dtype=np.float32)
-    labels = rng.integers(0, k, size=n)
-    grad = np.empty_like(logits)
+    cores = available_cores()
     print(
-        f"\nForward + gradient, float32 logits of shape ({n}, {k}), epsilon={epsilon}, "
-        f"median of {repeats}:",
+        f"\nForward + gradient, float32 logits of shape ({n}, {k}), epsilon={epsilon}, one "
+        f"thread, {rounds} interleaved round(s); median (q1-q3) per call:",
         file=out,
     )
-    ours = median_time(lambda: cross_entropy_with_grad(logits, labels, epsilon, out=grad), repeats)
-    naive = median_time(lambda: naive_loss_and_grad(logits, labels, epsilon), repeats)
-    print(f"  smoothce                {ours * 1e3:9.2f} ms", file=out)
+    note = load_note(load_average(), cores)
+    if note is not None:
+        print(note, file=out)
+    results = measure(
+        (n, k), logits=DEFAULT_LOGITS, epsilon=epsilon, workers=[1], rounds=rounds,
+        kinds={"smoothce fwd+grad", "naive fwd+grad"}, memory=False,
+    )  # fmt: skip
+    ours, naive = "smoothce fwd+grad w1", "naive fwd+grad"
+    for m in results:
+        print(f"  {m.logits} logits ({DISTRIBUTIONS[m.logits].formula}):", file=out)
+        for key, label in ((ours, "smoothce"), (naive, "naive softmax-then-log")):
+            q1, q3 = m.spread[key]
+            print(
+                f"    {label:24s}{m.times[key] * 1e3:9.2f} ms ({q1 * 1e3:.2f}-{q3 * 1e3:.2f})",
+                file=out,
+            )
+        print(f"    smoothce against naive: {m.verdict(ours, naive)}", file=out)
     print(
-        f"  naive softmax-then-log  {naive * 1e3:9.2f} ms   ({naive / ours:.1f}x smoothce's time)",
+        "For every candidate (PyTorch too), more shapes and more logits: python -m smoothce bench",
         file=out,
     )
 
@@ -114,6 +130,16 @@ def _workers(text: str) -> int:
     if value == 0:
         raise argparse.ArgumentTypeError("must be a non-zero integer (-1 = all cores)")
     return value
+
+
+def _logit_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        if name not in NAMES:
+            raise argparse.ArgumentTypeError(
+                f"invalid distribution {name!r}: choose from {', '.join(NAMES)}"
+            )
+    return names
 
 
 def _address(text: str) -> str:
@@ -161,33 +187,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--repeats", type=_positive, default=7,
-        help="timed repetitions, median reported (default: 7)",
+        help="interleaved rounds of the timing, one sample each; median and quartiles "
+        "reported (default: 7)",
     )  # fmt: skip
     parser.add_argument("--no-timing", action="store_true", help="only the worked examples")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     bench = sub.add_parser(
         "bench",
-        help="time smoothce against naive NumPy, the exp floor and PyTorch",
-        description=(
+        help="time smoothce against naive NumPy, NumPy's exp and PyTorch",
+        description=textwrap.fill(
             "Time smoothce (forward, and forward+gradient) against the naive "
-            "softmax-then-log code, the exp floor (one np.exp over the logits) and, when "
-            "installed, PyTorch's F.cross_entropy, on the same arrays. Each sample times "
-            "enough calls to last >= 20 ms; candidates are interleaved round by round. "
-            "Prints each candidate's median and spread, verdicts (faster, slower, or "
-            "within noise), and extra peak memory."
+            "softmax-then-log code, NumPy's exp (one np.exp over the logits) and, when "
+            "installed, PyTorch's F.cross_entropy, on the same arrays, for each "
+            "distribution of logits asked for (--logits). Each sample times enough calls "
+            "to last >= 20 ms; candidates, of every distribution, are interleaved round "
+            "by round. Prints each candidate's median and spread, verdicts (faster, "
+            "slower, or within noise), extra peak memory, and a summary: one line per "
+            "comparison. Progress goes to standard error when it is a terminal.",
+            width=79,
+            break_on_hyphens=False,
         ),
-    )
+        epilog=(
+            "logits (--logits; seed 0, labels uniform):\n"
+            + "".join(
+                textwrap.fill(f"{name:8s} {d.formula}: {d.stands_for}", width=79,
+                              initial_indent="  ", subsequent_indent=" " * 11) + "\n"
+                for name, d in DISTRIBUTIONS.items()
+            )
+            + "\nthe performance page's data (docs/data/performance.json), one command:\n"
+            f"  {PAGE_COMMAND}"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     bench.add_argument(
         "--shape", nargs=2, type=_positive, metavar=("N", "K"), action="append",
         help="a logits shape; repeat for several (default: " + ", ".join(
             f"{n} {k}" for n, k in DEFAULT_SHAPES) + ")",
     )  # fmt: skip
     bench.add_argument(
+        "--logits", type=_logit_names, action="extend", metavar="NAME[,NAME...]",
+        help="the distributions of the logits: " + ", ".join(NAMES) + "; a comma list, "
+        "or repeat the option (default: " + ",".join(DEFAULT_LOGITS) + ")",
+    )  # fmt: skip
+    bench.add_argument(
         "--sweep", action="store_true",
-        help="time smoothce fwd+grad against naive NumPy and PyTorch over N in "
-        + "{" + ", ".join(map(str, SWEEP_N)) + "} x K in {"
+        help="time smoothce (forward, fwd+grad), NumPy's exp, naive NumPy and PyTorch "
+        "over N in {" + ", ".join(map(str, SWEEP_N)) + "} x K in {"
         + ", ".join(map(str, SWEEP_K)) + "} and print grids of speed-ups (one thread "
-        "unless --workers is given; takes minutes)",
+        "unless --workers is given; takes minutes per distribution)",
     )  # fmt: skip
     bench.add_argument(
         "--lm", action="store_true",
@@ -196,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--linear", nargs=3, type=_positive, metavar=("N", "D", "V"), action="append",
         help="also time the fused linear head on N rows of D features and V classes "
-        "against the unfused one and the matrix products alone; repeat for several",
+        "against the unfused one and the matrix products alone, on each distribution "
+        "(the classifier scaled to its spread); repeat for several",
     )  # fmt: skip
     bench.add_argument(
         "--dtype", choices=["float16", "float32", "float64"], default="float32",
@@ -209,9 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     bench.add_argument("--epsilon", type=_epsilon, default=0.1, help="smoothing (default: 0.1)")
     bench.add_argument(
-        "--rounds", type=_positive, default=7,
+        "--rounds", type=_positive, default=DEFAULT_ROUNDS,
         help="samples per candidate, one per round; the spread needs at least 3 "
-        "(default: 7)",
+        f"(default: {DEFAULT_ROUNDS}, so that the default run of two distributions "
+        "stays under 30 s on 2 cores)",
     )  # fmt: skip
     bench.add_argument(
         "--max-memory", type=_positive_float, default=4.0, metavar="GIB",
@@ -223,8 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"{MIN_SAMPLE_SECONDS * 1e3:.0f})",
     )  # fmt: skip
     bench.add_argument(
-        "--json", action="store_true",
-        help="print the measurements as JSON (for docs/examples/plot_performance.py)",
+        "--json", nargs="?", const="-", default=None, metavar="FILE",
+        help="write the measurements as JSON to FILE, or to standard output without one "
+        "(for docs/examples/plot_performance.py)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="rewrite a progress line on standard error round by round (default: when "
+        "standard error is a terminal)",
     )  # fmt: skip
     ev = sub.add_parser(
         "eval",
@@ -238,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
             "batch axis) is evaluated on Dask, in this process's threads by default; "
             "--dask-workers or "
             "--scheduler run either kind of input on a Dask cluster, whose workers read "
-            "the data themselves (Dask needs: pip install 'smoothce[dask]'). Every path "
+            f"the data themselves (Dask needs the dask extra: {INSTALL}). Every path "
             "gives the same report. Exit status 2, with a one-line message, on a missing "
             "or unreadable file, a wrong shape, bad labels or non-finite logits (a NaN or "
             "+inf logit, or a row of -inf, in a counted row).",
@@ -275,7 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ev.add_argument(
         "--prior", default=None, metavar="uniform|others|PRIOR.npy",
-        help="smoothing prior: uniform (default), others (fairseq), or a .npy class prior",
+        help="smoothing prior: uniform (default), others (fairseq), or an array: a class "
+        "prior (K,) or one distribution per row (the logits' shape, read in chunks like "
+        "them), in a .npy file, a Zarr array or a directory of shard_*.npy files",
     )  # fmt: skip
     ev.add_argument(
         "--bins", type=_bins, default=15,
@@ -307,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from ._eval import CHUNK_ELEMENTS, EvalError, evaluate_files
+    from ._eval import CHUNK_ELEMENTS, EvalError, evaluate_files, named_prior
     from ._eval_dask import evaluate_dask, is_shards, is_zarr  # Dask only when it runs
 
     options: dict[str, Any] = dict(
@@ -315,10 +372,13 @@ def run_eval(args: argparse.Namespace) -> int:
         prior=args.prior, bins=args.bins, progress=args.progress,
         chunk_elements=args.chunk_elements or CHUNK_ELEMENTS,
     )  # fmt: skip
+    paths = [args.logits, args.labels]
+    if args.prior is not None and not named_prior(args.prior):
+        paths.append(args.prior)  # a per-sample prior may be a Zarr array or shards too
     on_dask = (
         args.scheduler is not None
         or args.dask_workers is not None
-        or any(is_zarr(path) or is_shards(path) for path in (args.logits, args.labels))
+        or any(is_zarr(path) or is_shards(path) for path in paths)
     )
     try:
         if on_dask:
@@ -354,111 +414,143 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_average() -> float | None:
-    """The 1-minute load average, where the OS reports one."""
+def _json_path_problem(path: str | None) -> str | None:
+    """Why ``--json PATH`` could not be written, found before minutes of timing."""
     import os
 
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):  # pragma: no cover - Windows
+    if path is None or path == "-":
         return None
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return f"--json {path}: is a directory, not a file"
+    if not os.path.isdir(folder):
+        return f"--json {path}: the directory {folder} does not exist"
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"--json {path}: not writable"
+    return None
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    from ._parallel import available_cores
-
-    cores = available_cores()
+def _bench_setup(
+    args: argparse.Namespace, cores: int
+) -> tuple[list[tuple[int, int]], set[str], list[int] | None] | str:
+    """The shapes, candidates and workers of a bench run, or an error message."""
     workers = None
     if args.workers:
         workers = sorted({w if w > 0 else max(1, cores + 1 + w) for w in args.workers})
+    problem = _json_path_problem(args.json)
+    if problem is not None:
+        return problem
     if args.sweep:
         if args.shape:
-            print("error: --sweep times its own grid of shapes; drop --shape", file=sys.stderr)
-            return 2
-        shapes = [(n, k) for n in SWEEP_N for k in SWEEP_K]
-        workers = workers or [1]
-        kinds = {"smoothce fwd+grad", "naive fwd+grad", "torch fwd+bwd"}
-    else:
-        shapes = [(int(n), int(k)) for n, k in args.shape] if args.shape else DEFAULT_SHAPES
-        kinds = set(ALL_KINDS)
-        if args.lm:
-            kinds |= set(LM_OPTIONS)
-    if args.linear and args.sweep:
-        print("error: --sweep times its own grid of shapes; drop --linear", file=sys.stderr)
+            return "--sweep times its own grid of shapes; drop --shape"
+        if args.linear:
+            return "--sweep times its own grid of shapes; drop --linear"
+        return [(n, k) for n in SWEEP_N for k in SWEEP_K], set(SWEEP_KINDS), workers or [1]
+    shapes = [(int(n), int(k)) for n, k in args.shape] if args.shape else DEFAULT_SHAPES
+    kinds = set(ALL_KINDS) | (set(LM_OPTIONS) if args.lm else set())
+    return shapes, kinds, workers
+
+
+def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from ._parallel import available_cores
+
+    cores = available_cores()
+    setup = _bench_setup(args, cores)
+    if isinstance(setup, str):
+        print(f"error: {setup}", file=sys.stderr)
         return 2
-    info = sys.stderr if args.json else sys.stdout
+    shapes, kinds, workers = setup
+    names = list(dict.fromkeys(args.logits or DEFAULT_LOGITS))
+    to_stdout = args.json == "-"
+    info = sys.stderr if to_stdout else sys.stdout
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = sys.stderr if show else None
     print(
-        f"smoothce {__version__} bench: {len(shapes)} shape(s), {args.dtype}, "
-        f"epsilon={args.epsilon}, {cores} core(s), {args.rounds} round(s)",
+        f"smoothce {__version__} bench: {len(shapes)} shape(s), {join_and(names)} logits, "
+        f"{args.dtype}, epsilon={args.epsilon}, {cores} core(s), {args.rounds} round(s)",
         file=info,
         flush=True,
     )
-    load = _load_average()
-    if load is not None and load >= cores / 2:
-        print(
-            f"note: load average {load:.1f} on {cores} core(s) before starting: other "
-            "processes compete for the CPU, so expect wide spreads and more "
-            '"within noise"',
-            file=info,
-        )
+    load = load_average()
+    note = load_note(load, cores)
+    if note is not None:
+        print(note, file=info)
     if args.rounds < 3:
         print(
             f"note: {args.rounds} round(s) give {args.rounds} sample(s) per candidate: "
             "no spread, so no verdict can tell a difference from noise (use --rounds >= 3)",
             file=info,
         )
-    if not args.json:
-        print_legend(sys.stdout, sweep=args.sweep)
-    results = []
+    if not to_stdout:
+        print_legend(sys.stdout, sweep=args.sweep, logits=names)
+    results: list[Measurement] = []
     for shape in shapes:
-        results.append(
-            measure_shape(
-                shape,
-                dtype=args.dtype,
-                epsilon=args.epsilon,
-                workers=workers,
-                rounds=args.rounds,
-                kinds=kinds,
-                min_sample_seconds=args.min_sample_ms / 1e3,
-                max_memory_bytes=args.max_memory * 2**30,
-                memory=not args.sweep,
-                progress=sys.stderr,
-            )
-        )
-    for n, d, v in args.linear or []:
-        results.append(
-            measure_linear(
-                int(n), int(d), int(v), dtype=args.dtype, epsilon=args.epsilon,
-                rounds=args.rounds, min_sample_seconds=args.min_sample_ms / 1e3,
-                progress=sys.stderr,
-            )
+        results += measure(
+            shape, logits=names, dtype=args.dtype, epsilon=args.epsilon, workers=workers,
+            rounds=args.rounds, kinds=kinds, min_sample_seconds=args.min_sample_ms / 1e3,
+            max_memory_bytes=args.max_memory * 2**30, memory=not args.sweep,
+            progress=progress,
         )  # fmt: skip
-    if results and not args.json:
+    for n, d, v in args.linear or []:
+        results += measure_linear_head(
+            int(n), int(d), int(v), logits=names, dtype=args.dtype, epsilon=args.epsilon,
+            rounds=args.rounds, min_sample_seconds=args.min_sample_ms / 1e3,
+            progress=progress,
+        )  # fmt: skip
+    if args.json is not None:
+        _write_json(args.json, results, cores, load, names, argv, sweep=bool(args.sweep))
+    if to_stdout:
+        return 0
+    if results:
         print(f"Threads: {results[0].blas}; smoothce's and torch's set per candidate, "
               "outside the timed region.", file=sys.stdout)  # fmt: skip
-    if args.json:
-        import json
-        from dataclasses import asdict
-
-        doc = {
-            "cores": cores,
-            "sweep": bool(args.sweep),
-            "load_average": load,  # before the run: how busy the machine was
-            "results": [asdict(m) for m in results],
-        }
-        print(json.dumps(doc, indent=1))
-    elif args.sweep:
+    if args.sweep:
         for w in workers or [1]:
             format_sweep(results, w, sys.stdout)
     else:
         format_table(results, sys.stdout)
+        format_summary(results, sys.stdout)
     return 0
 
 
+def _write_json(
+    path: str,
+    results: list[Measurement],
+    cores: int,
+    load: float | None,
+    names: list[str],
+    argv: Sequence[str],
+    *,
+    sweep: bool,
+) -> None:
+    """The measurements and how they were taken, as JSON, to ``path`` ("-": stdout)."""
+    import json
+    import shlex
+    from dataclasses import asdict
+
+    doc = {
+        "smoothce": __version__,
+        "command": shlex.join(["python", "-m", "smoothce", *argv]),
+        "cores": cores,
+        "sweep": sweep,
+        "load_average": load,  # before the run: how busy the machine was
+        "logits": {n: {"formula": DISTRIBUTIONS[n].formula,
+                       "stands_for": DISTRIBUTIONS[n].stands_for} for n in names},
+        "results": [asdict(m) for m in results],
+    }  # fmt: skip
+    text = json.dumps(doc, indent=1)
+    if path == "-":
+        print(text)
+        return
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.command == "bench":
-        return run_bench(args)
+        return run_bench(args, argv)
     if args.command == "eval":
         return run_eval(args)
     n, k = args.shape

@@ -3,7 +3,8 @@
 The logits and labels files (``.npy``) are memory-mapped and processed in chunks along
 a batch axis, so files larger than memory work: each chunk adds its sums (smoothed
 loss, NLL, correct predictions, calibration bins) and the metrics are formed at the
-end. Nothing but the current chunk's work is in memory.
+end. Nothing but the current chunk's work is in memory. A per-sample prior file
+(``--prior``, the logits' shape) is cut chunk for chunk with the logits.
 
 Every problem with the files or arguments is an :class:`EvalError` with a one-line
 message saying what is wrong with which file: missing, a directory, empty, not a .npy
@@ -227,10 +228,13 @@ def _layout(
     labels_path: str,
     logits_shape: tuple[int, ...],
     labels_shape: tuple[int, ...],
+    labels_dtype: np.dtype[Any],
     axis: int,
 ) -> tuple[int, tuple[int, ...]]:
     """``(class axis, batch shape)`` of the two arrays, or the :class:`EvalError` of
-    a scalar, a bad ``axis``, labels of the wrong shape or no rows."""
+    a scalar, a bad ``axis``, no class, labels that are not class indices or of the
+    wrong shape, or no rows. Checked on the arrays' headers, before any chunk: a
+    message names the files' shapes, never a chunk's."""
     ndim = len(logits_shape)
     if ndim == 0:
         raise EvalError(f"logits must have a class axis; {logits_path!r} holds a scalar.")
@@ -238,7 +242,19 @@ def _layout(
         ax = check_axis(axis, ndim)
     except (TypeError, ValueError) as exc:
         raise EvalError(str(exc)) from None
+    if logits_shape[ax] == 0:
+        raise EvalError(
+            f"logits must have at least one class along axis {ax}; {logits_path!r} has "
+            f"shape {logits_shape}."
+        )
     batch = logits_shape[:ax] + logits_shape[ax + 1 :]
+    if labels_dtype.kind not in "iu":
+        # Probability targets (or anything else) have no accuracy or calibration.
+        raise EvalError(
+            f"labels must be integer class indices of shape {batch} (the shape of the "
+            f"logits, {logits_shape}, without the class axis {ax}); {labels_path!r} holds "
+            f"{labels_dtype} values of shape {labels_shape}."
+        )
     if labels_shape != batch:
         raise EvalError(
             f"labels must have the shape of the logits without the class axis {ax}, "
@@ -251,26 +267,69 @@ def _layout(
     return ax, batch
 
 
-_LABEL_POSITION = re.compile(r"labels\[([0-9, ]+)\]")
+def _prior_axis(
+    prior_path: str,
+    prior_shape: tuple[int, ...],
+    logits_shape: tuple[int, ...],
+    ax: int,
+    c: int | None,
+) -> int | None:
+    """The prior's axis that runs along the logits' chunked axis ``c`` (the prior is
+    cut along it, chunk for chunk with the logits), or None when the prior is the same
+    for every chunk (a class prior, or one broadcast along ``c``); or the
+    :class:`EvalError` of a shape that is neither ``(K,)`` nor broadcastable to the
+    logits' (checked on the header, so the message names the file's shape)."""
+    K = logits_shape[ax]
+    lead = len(logits_shape) - len(prior_shape)
+    fits = lead >= 0 and all(
+        p in (1, n) for p, n in zip(prior_shape, logits_shape[lead:], strict=True)
+    )
+    if prior_shape != (K,) and not fits:
+        raise EvalError(
+            f"prior must have shape ({K},), one value per class, or the shape of the "
+            f"logits, {logits_shape}, one distribution per row (or a shape that broadcasts "
+            f"to it); {prior_path!r} has shape {prior_shape}."
+        )
+    if prior_shape == (K,) or c is None or c < lead or prior_shape[c - lead] == 1:
+        return None
+    return c - lead
 
 
-def _shift_label_position(message: str, axis: int, start: int) -> str:
-    """A chunk's validation message with its ``labels[...]`` position moved to the
-    file's coordinates: ``start`` added along the labels' chunked ``axis``."""
+_POSITION = re.compile(r"(labels|prior)\[([0-9, ]+)\]|(batch position )\[([0-9, ]+)\]")
+
+
+def _shift_positions(message: str, start: int, c_lab: int, prior_axis: int | None) -> str:
+    """A chunk's validation message with its positions moved to the files'
+    coordinates: ``start`` added along the chunked axis, ``c_lab`` for ``labels[...]``
+    and ``batch position [...]`` (a row of the prior), ``prior_axis`` for
+    ``prior[...]`` (None: the prior is not cut, its positions are the file's)."""
 
     def shift(match: re.Match[str]) -> str:
-        idx = [int(i) for i in match.group(1).split(",")]
-        if axis < len(idx):
+        name = match.group(1) or match.group(3)
+        idx = [int(i) for i in (match.group(2) or match.group(4)).split(",")]
+        axis = prior_axis if name == "prior" else c_lab
+        if axis is not None and axis < len(idx):
             idx[axis] += start
-        return f"labels{idx}"
+        return f"{name}{idx}"
 
-    return _LABEL_POSITION.sub(shift, message)
+    return _POSITION.sub(shift, message)
 
 
-def _prior(value: str | None) -> Any:
-    if value is None or value in ("uniform", "others"):
-        return value
-    return np.asarray(_load(value, "prior"))
+def named_prior(value: str) -> bool:
+    """Whether the ``--prior`` value ``value`` names a prior, rather than a file."""
+    return value in ("uniform", "others")
+
+
+def _prior(
+    value: str | None, logits_shape: tuple[int, ...], ax: int, c: int | None
+) -> tuple[Any, int | None]:
+    """``(prior, the prior's chunked axis)``: a name as it is, or the memory-mapped
+    .npy file (read chunk by chunk, like the logits) and its axis along the logits'
+    chunked axis ``c`` (None: the same prior for every chunk)."""
+    if value is None or named_prior(value):
+        return value, None
+    u = _load(value, "prior")
+    return u, _prior_axis(value, u.shape, logits_shape, ax, c)
 
 
 class _Progress:
@@ -305,21 +364,25 @@ def evaluate_files(
 ) -> Report:
     """Stream the two files and compute the metrics (see the module docstring).
 
+    ``prior`` is None, ``"uniform"``, ``"others"`` or the path of a .npy file: a class
+    prior (K,), or per-sample priors of the logits' shape (or one that broadcasts to
+    it), memory-mapped and cut into the logits' chunks.
+
     ``progress=None`` shows a bar on standard error for logits of more than 256 MiB when
     standard error is a terminal; True or False force it either way.
     """
     z = _load(logits_path, "logits")
     y = _load(labels_path, "labels")
-    ax, batch = _layout(logits_path, labels_path, z.shape, y.shape, axis)
+    ax, batch = _layout(logits_path, labels_path, z.shape, y.shape, y.dtype, axis)
     K = z.shape[ax]
     try:
         bins = _check_bins(bins)
     except (TypeError, ValueError) as exc:
         raise EvalError(str(exc)) from None
-    u = _prior(prior)
-    # Chunks run along the first batch axis (the labels' axis `c_lab`).
+    # Chunks run along the first batch axis (the labels' axis `c_lab`, the prior's `c_u`).
     c = 0 if ax != 0 else 1
     c_lab = c if c < ax else c - 1
+    u, c_u = _prior(prior, z.shape, ax, c if z.ndim > 1 else None)
     n_along = z.shape[c] if z.ndim > 1 else 1
     per_index = max(1, z.size // max(n_along, 1))
     step = max(1, chunk_elements // per_index)
@@ -334,19 +397,20 @@ def evaluate_files(
             span = slice(start, min(start + step, n_along))
             zc = z[(slice(None),) * c + (span,)]
             yc = y[(slice(None),) * c_lab + (span,)]
+            uc = u if c_u is None else u[(slice(None),) * c_u + (span,)]
         else:
-            zc, yc = np.asarray(z), np.asarray(y)
+            zc, yc, uc = np.asarray(z), np.asarray(y), u
         try:
             # Every metric of the chunk from one accumulator (smoothce.metrics): the
             # loss, the NLL, the top-1 prediction and the confidence share their work.
             acc = accumulate(
-                zc, yc, epsilon, axis=ax, prior=u, ignore_index=ignore_index, top_k=1,
+                zc, yc, epsilon, axis=ax, prior=uc, ignore_index=ignore_index, top_k=1,
                 n_bins=bins,
             )  # fmt: skip
         except (TypeError, ValueError) as exc:
             message = str(exc)
             if z.ndim > 1:
-                message = _shift_label_position(message, c_lab, start)
+                message = _shift_positions(message, start, c_lab, c_u)
             raise EvalError(message) from None
         if acc.undefined:
             # A counted row without a softmax (NaN loss): find it (only now) and name it

@@ -12,6 +12,8 @@
   memmap path bit for bit;
 * a directory of ``shard_*.npy`` files is one array, the shards joined in name order
   along the first batch axis; blocks are cut within each shard;
+* a per-sample prior (``--prior``: .npy, Zarr or shards) is read like the logits, in
+  the logits' blocks, never embedded in the graph; a class prior (K,) is read once;
 * the computation runs on Dask's threaded scheduler, on a ``distributed`` cluster at
   ``scheduler`` (an address), or on a local cluster of ``dask_workers`` processes
   started here and closed on the way out, whatever happens.
@@ -28,6 +30,7 @@ and :func:`is_zarr` and :func:`is_shards` tell the command line whether it is ne
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import logging
 import math
@@ -51,14 +54,16 @@ from ._eval import (
     _layout,
     _load,
     _one_line,
-    _prior,
+    _prior_axis,
+    named_prior,
 )
 from ._validation import check_axis
 from .calibration import _check_bins
 
 __all__ = ["evaluate_dask", "is_shards", "is_zarr"]
 
-INSTALL = "pip install 'smoothce[dask]'"
+#: How to install the dask extra, from PyPI or from a checkout of the repository.
+INSTALL = 'pip install "smoothce[dask]", or pip install -e ".[dask]" in a checkout'
 
 #: Metadata files that make a directory a Zarr node (v2 array, v2 group, v3 either).
 _ZARR_FILES = (".zarray", ".zgroup", "zarr.json")
@@ -234,10 +239,9 @@ def _bounds(z: _Source, ax: int, c: int, chunk_elements: int) -> tuple[list[int]
         if step % stored:
             # Never split a storage chunk (each piece would read and decompress it
             # whole): a block is a whole number of them, about `step` rows if smaller.
-            # Where they tile the memmap path's chunks, the blocks are those chunks
-            # and the report is the memmap path's bit for bit; otherwise float16 and
-            # float32 logits differ in the last bits of per-token values, ~1e-11 on
-            # the means (docs/scale.rst).
+            # The blocks need not be the memmap path's chunks: a row's values depend
+            # on that row alone and the sums merge exactly, so the report is the
+            # memmap path's bit for bit whatever the blocks.
             step = stored * max(1, step // stored)
         pieces = math.ceil(z.shape[ax] / z.storage_chunks[ax])
         if pieces > 1:
@@ -257,6 +261,29 @@ def _bounds(z: _Source, ax: int, c: int, chunk_elements: int) -> tuple[list[int]
     return [*range(0, n_along, step), n_along], note
 
 
+def _dask_prior(
+    value: str | None, logits_shape: tuple[int, ...], ax: int, c: int | None, bounds: list[int]
+) -> Any:
+    """The prior for :func:`smoothce.dask.evaluate`: a name as it is, or the array at
+    ``value`` (.npy, Zarr or shards) as a Dask array read by the tasks, in the blocks
+    ``bounds`` along the logits' chunked axis ``c`` when it runs along it (one block
+    otherwise): never embedded in the graph. A class prior (K,) is read once when the
+    graph is built."""
+    if value is None or named_prior(value):
+        return value
+    lead = len(logits_shape)
+
+    def along(ndim: int) -> int:  # the prior's axis along c, for shards
+        return -1 if c is None else c - (lead - ndim)
+
+    src = _open(value, "prior", along)
+    pa = _prior_axis(value, src.shape, logits_shape, ax, c)
+    if pa is None:  # one block; smoothce.dask broadcasts it to the logits' blocks
+        whole = src.shape[0] if src.shape else 0
+        return _as_dask(src, 0, [0, whole], False)
+    return _as_dask(src, pa, bounds, False)
+
+
 # -- running the graph -----------------------------------------------------------------
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
@@ -268,23 +295,72 @@ def _quiet() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore SIGINT (Ctrl-C) while the block runs, in the main thread only.
+def _sigint_deferred() -> Iterator[None]:
+    """Hold SIGINT (Ctrl-C) back while the block starts a local cluster, then act on it.
 
-    The worker processes a local cluster spawns meanwhile inherit the ignored signal
-    (an ignored signal survives ``exec``; a handler does not), so a Ctrl-C in the
-    terminal, which reaches every process of the group, interrupts only this one,
-    which then closes the cluster, instead of killing each worker with a traceback.
-    The price: a Ctrl-C during the cluster's start (a few seconds) is dropped.
+    The cluster's worker processes must not get the Ctrl-C that a terminal sends to
+    every process of its group (each would die with a traceback); this process gets
+    it and closes them. So SIGINT is blocked in this thread meanwhile: the threads
+    started meanwhile (distributed's event loop, which spawns the workers) inherit the
+    mask, and the workers inherit it through ``fork`` and ``exec`` for their whole
+    life. A SIGINT sent meanwhile is not lost: it stays pending until the mask is
+    lifted, or another thread of this process takes it and the handler installed here
+    records it (raising inside distributed's start would leave a half-started cluster
+    behind). Once the block is done, and its cluster exists to be closed, a recorded
+    SIGINT raises :class:`KeyboardInterrupt`.
+
+    In the main thread only (Python runs signal handlers there), and not when SIGINT
+    is ignored already (a background job): then the workers inherit that. Where there
+    is no ``pthread_sigmask`` (Windows) the handler alone records the signal.
     """
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    masking = hasattr(signal, "pthread_sigmask")
+    if masking:
+        # multiprocessing starts its resource tracker with the first worker and then
+        # unblocks SIGINT in the starting thread (distributed's event loop), whatever
+        # it was before: the workers it spawns next would get Ctrl-C. Started now,
+        # before the mask, it leaves the mask alone.
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if masking else None
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if mask is not None:
+            # A pending SIGINT is delivered here, to the recording handler.
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        # None: a handler not installed from Python; Python's own is the fallback.
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _start(make: Callable[[], Any], failure: str) -> Any:
+    """``make()`` (a ``distributed.LocalCluster`` or ``Client``), or the one-line
+    :class:`EvalError` ``failure: why``; a KeyboardInterrupt stays one.
+
+    A Client whose connection fails is left half-built in a reference cycle, still
+    "connecting": its finaliser closes it through its event loop, and at the
+    interpreter's exit, when that loop has stopped, waits 60 s for it and prints a
+    TimeoutError. Collected now, while the loop runs, it closes at once. The traceback
+    holds it too, so the collection comes after the ``except`` clauses, and what is
+    raised carries no traceback into distributed.
+    """
+    error: BaseException
+    try:
+        return make()
+    except KeyboardInterrupt:
+        error = KeyboardInterrupt()
+    except Exception as exc:  # OSError, TimeoutError (an OSError), ValueError, TypeError
+        error = EvalError(f"{failure}: {_one_line(exc) or type(exc).__name__}")
+    gc.collect()
+    raise error
 
 
 @contextlib.contextmanager
@@ -301,28 +377,24 @@ def _client(scheduler: str | None, dask_workers: int | None) -> Iterator[Any]:
     try:
         with _quiet():
             if scheduler is None:
-                try:
-                    with _sigint_ignored():
-                        cluster = distributed.LocalCluster(
+                with _sigint_deferred():
+                    cluster = _start(
+                        lambda: distributed.LocalCluster(
                             n_workers=dask_workers,
                             threads_per_worker=1,
                             processes=True,
                             dashboard_address=None,
                             silence_logs=logging.CRITICAL,  # task errors are reported here
-                        )
-                except Exception as exc:
-                    raise EvalError(
-                        f"cannot start a local Dask cluster of {dask_workers} workers: "
-                        f"{_one_line(exc) or type(exc).__name__}"
-                    ) from None
-            address = cluster if scheduler is None else scheduler
-            try:
-                client = distributed.Client(address, set_as_default=False)
-            except Exception as exc:  # OSError, TimeoutError (an OSError), ValueError
-                where = "local cluster" if scheduler is None else f"scheduler at {scheduler!r}"
-                raise EvalError(
-                    f"cannot connect to the Dask {where}: {_one_line(exc) or type(exc).__name__}"
-                ) from None
+                        ),
+                        f"cannot start a local Dask cluster of {dask_workers} workers",
+                    )
+            where = "local cluster" if scheduler is None else f"scheduler at {scheduler!r}"
+            client = _start(
+                lambda: distributed.Client(
+                    cluster if scheduler is None else scheduler, set_as_default=False
+                ),
+                f"cannot connect to the Dask {where}",
+            )
         yield client
     finally:
         with _quiet():
@@ -443,8 +515,12 @@ def evaluate_dask(
         A ``.npy`` file or a Zarr array directory each. The logits have the shape
         ``(..., K, ...)`` with classes on ``axis``; the labels the shape of the
         logits without the class axis.
-    epsilon, axis, ignore_index, prior, bins, progress
+    epsilon, axis, ignore_index, bins, progress
         As in :func:`~smoothce._eval.evaluate_files`; the progress bar is Dask's.
+    prior : str, optional
+        None, ``"uniform"``, ``"others"``, or the path of an array as the logits'
+        (.npy, Zarr, shards): a class prior (K,), or per-sample priors of the logits'
+        shape (or one that broadcasts to it), read in the logits' blocks.
     chunk_elements : int
         Logits per block: the memmap path's chunks, so a ``.npy`` file gives its
         report bit for bit. Zarr input is read in whole storage chunks: those
@@ -460,9 +536,11 @@ def evaluate_dask(
     -------
     Report
     """
-    zarr_input = is_zarr(logits_path) or is_zarr(labels_path)
+    named = prior is None or named_prior(prior)
+    paths = (logits_path, labels_path, *(() if named else (str(prior),)))
+    zarr_input = any(is_zarr(path) for path in paths)
     why = "reading a Zarr array" if zarr_input else "--scheduler or --dask-workers"
-    if not zarr_input and (is_shards(logits_path) or is_shards(labels_path)):
+    if not zarr_input and any(is_shards(path) for path in paths):
         why = "reading a directory of .npy shards"
     _need(
         ("dask", "dask.array", *(("zarr",) if zarr_input else ())),
@@ -480,16 +558,16 @@ def evaluate_dask(
 
     z = _open(logits_path, "logits", first_batch_axis)
     y = _open(labels_path, "labels", lambda ndim: 0)  # the labels' first batch axis
-    ax, batch = _layout(logits_path, labels_path, z.shape, y.shape, axis)
+    ax, batch = _layout(logits_path, labels_path, z.shape, y.shape, y.dtype, axis)
     K = z.shape[ax]
     try:
         bins = _check_bins(bins)
     except (TypeError, ValueError) as exc:
         raise EvalError(str(exc)) from None
-    u = _prior(prior)
     expand = len(z.shape) == 1  # one row, and smoothce.dask needs a batch axis:
     if expand:  # evaluate logits (1, K) and labels (1,)
         zd, yd = _as_dask(z, 0, [0, K], True), _as_dask(y, 0, [0, 1], True)
+        u = _dask_prior(prior, z.shape, ax, None, [])
         ax, c = 1, 0
     else:
         c = 0 if ax != 0 else 1
@@ -498,6 +576,7 @@ def evaluate_dask(
         if note is not None:
             print(note, file=sys.stderr)
         zd, yd = _as_dask(z, c, bounds, False), _as_dask(y, c_lab, bounds, False)
+        u = _dask_prior(prior, z.shape, ax, c, bounds)
     if progress is None:
         progress = z.nbytes > (256 << 20) and sys.stderr.isatty()
     try:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ExactSum", "exact_sums"]
+__all__ = ["ExactSum", "exact_sums", "exact_units"]
 
 #: The unit: every finite float64 is an integer multiple of ``2**-UNIT_BITS``.
 UNIT_BITS = 1126
@@ -31,6 +31,8 @@ _E_MIN, _E_SPAN = -1073, 1024 + 1073 + 1
 #: ``bincount`` in float64, stay exact integers below 2**53 for this many values.
 _SPLIT = 27
 _MAX_GROUP = 1 << 25
+#: Up to this many (group, exponent) keys are counted densely by bincount.
+_DENSE_KEYS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ class ExactSum:
         return _divide(self.units, other.units)
 
 
+_ZERO = ExactSum()
+
+
 def _divide(a: int, b: int) -> float:
     """``a / b`` for integers, correctly rounded; +-inf past float64's range."""
     if b == 0:
@@ -98,6 +103,16 @@ def _divide(a: int, b: int) -> float:
         return a / b  # CPython divides integers with correct rounding
     except OverflowError:
         return float("inf") if (a > 0) == (b > 0) else float("-inf")
+
+
+def exact_units(x: float) -> int:
+    """A finite float64 as an integer number of units ``2**-1126``, exactly.
+
+    ``x = p / q`` with ``q`` a power of two at most ``2**1074``, so ``q`` divides the
+    unit's ``2**1126``.
+    """
+    p, q = x.as_integer_ratio()
+    return p * ((1 << UNIT_BITS) // q)
 
 
 def exact_sums(
@@ -119,19 +134,15 @@ def exact_sums(
     """
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     g = np.zeros(v.shape, np.intp) if groups is None else np.asarray(groups).reshape(-1)
-    out = [ExactSum() for _ in range(n_groups)]
+    nan = pos = neg = None
     finite = np.isfinite(v)
     if not finite.all():
-        for k in range(n_groups):
-            in_k = g == k
-            out[k] = ExactSum(
-                0,
-                int(np.count_nonzero(np.isnan(v) & in_k)),
-                int(np.count_nonzero((v == np.inf) & in_k)),
-                int(np.count_nonzero((v == -np.inf) & in_k)),
-            )
+        nan, pos, neg = (
+            np.bincount(g[mask], minlength=n_groups)
+            for mask in (np.isnan(v), v == np.inf, v == -np.inf)
+        )
         v, g = v[finite], g[finite]
-    units = [0] * n_groups
+    units: dict[int, int] = {}
     for start in range(0, len(v), _MAX_GROUP):
         vs, gs = v[start : start + _MAX_GROUP], g[start : start + _MAX_GROUP]
         mant, expo = np.frexp(vs)
@@ -142,11 +153,23 @@ def exact_sums(
         # exact (|hi| < 2**26 and lo < 2**27, at most 2**25 of them).
         key = gs * _E_SPAN + (expo - _E_MIN)
         n_keys = n_groups * _E_SPAN
+        names = None
+        if n_keys > max(4 * len(key), _DENSE_KEYS):
+            # Many groups (a million bins): number only the keys that occur, at most
+            # len(vs), where n_keys bins would take gigabytes.
+            names, key = np.unique(key, return_inverse=True)
+            n_keys = len(names)
         hi_sum = np.bincount(key, weights=hi, minlength=n_keys)
         lo_sum = np.bincount(key, weights=lo, minlength=n_keys)
-        for idx in np.flatnonzero((hi_sum != 0) | (lo_sum != 0)):
-            grp, j = divmod(int(idx), _E_SPAN)
+        for idx in np.flatnonzero((hi_sum != 0) | (lo_sum != 0)).tolist():
+            grp, j = divmod(idx if names is None else int(names[idx]), _E_SPAN)
             m_total = (int(hi_sum[idx]) << _SPLIT) + int(lo_sum[idx])
             # e = j + E_MIN, so M * 2**(e - 53) is M << (e - 53 + 1126) = M << j units.
-            units[grp] += m_total << int(j)
-    return [s + ExactSum(u) for s, u in zip(out, units, strict=True)]
+            units[grp] = units.get(grp, 0) + (m_total << j)
+    out = [_ZERO] * n_groups  # frozen: one shared zero serves every empty group
+    for grp, u in units.items():
+        out[grp] = ExactSum(u)
+    if nan is not None and pos is not None and neg is not None:
+        for grp in np.flatnonzero(nan + pos + neg).tolist():
+            out[grp] += ExactSum(0, int(nan[grp]), int(pos[grp]), int(neg[grp]))
+    return out

@@ -256,7 +256,7 @@ def reference(z2: np.ndarray) -> tuple[np.ndarray | None, bool]:
     ``p_k`` would lose digits the shift keeps, unless ``m >= 0`` (then ``z_k - m <=
     z_k``: the shifted value is subnormal too) or no logit is below -80.
     """
-    if z2.dtype == _F64:
+    if z2.dtype.char == "d":
         return row_maxima(z2), False  # float64 keeps the shift: see the docstring
     flat = z2.reshape(-1)
     if flat.size == 0:

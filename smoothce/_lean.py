@@ -43,7 +43,7 @@ _WEIGHT_DTYPES = (np.dtype(np.float16), _F32, _F64)
 _W_LO, _W_HI = UNSCALED_WEIGHTS
 _PRIORS = {False: Prior("uniform"), True: Prior("others")}
 # ufunc reductions called directly: the ndarray methods add a Python frame each.
-_min, _max = np.minimum.reduce, np.maximum.reduce
+_min, _max, _add = np.minimum.reduce, np.maximum.reduce, np.add.reduce
 
 
 def _lean_weight(weight: Any, K: int) -> np.ndarray | None:
@@ -177,7 +177,7 @@ def lean_call(
                 loss = losses.astype(dtype)
             else:
                 # The engine's float64 partial sum of its one block, then its reduction.
-                total = float(losses.sum())
+                total = float(_add(losses))
                 if reduction == "mean":
                     total = total / den if den > 0.0 else 0.0
                 loss = dtype.type(total)  # beyond float32's range: inf, quietly

@@ -23,9 +23,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from ._compat import Quiet
 from ._engine import evaluate
 from ._scaling import Scaling, exact_sum
-from ._validation import Problem, as_array, is_bfloat16, plain, prepare
+from ._validation import Problem, as_array, compute_dtypes, plain, prepare
 
 __all__ = [
     "DEFAULT_WORKSPACE",
@@ -46,6 +47,9 @@ _F64 = np.dtype(np.float64)
 
 class LinearGrads(NamedTuple):
     """Gradients of the fused linear head, each in its input's dtype and shape.
+
+    The byte order is native whatever the input's (big-endian ``'>f8'`` hidden states
+    give a native float64 gradient).
 
     Parameters
     ----------
@@ -69,12 +73,11 @@ class LinearGrads(NamedTuple):
     bias: np.ndarray | None
 
 
-def _floating(name: str, a: np.ndarray) -> None:
-    if not (a.dtype.kind == "f" or is_bfloat16(a.dtype)):
-        raise TypeError(
-            f"{name} must be a floating array (float16, bfloat16, float32 or float64); "
-            f"got dtype {a.dtype}."
-        )
+def _floating(name: str, a: np.ndarray) -> tuple[np.dtype[Any], np.dtype[Any]]:
+    """``(compute dtype, gradient dtype)`` of a floating input: the loss functions' rule
+    (:func:`~smoothce._validation.compute_dtypes`), without integers. Big-endian float64
+    is computed in float64 and its gradient is native; float128 is refused."""
+    return compute_dtypes(a.dtype, name, integers=False)
 
 
 def _check_workspace(workspace: Any) -> int:
@@ -108,8 +111,8 @@ class _Head:
     ) -> None:
         h = as_array("hidden", hidden)
         W = as_array("classifier", classifier)
-        _floating("hidden", h)
-        _floating("classifier", W)
+        h_dtypes = _floating("hidden", h)
+        W_dtypes = _floating("classifier", W)
         if h.ndim < 1:
             raise ValueError(
                 "hidden must have at least one dimension (the features); got a scalar."
@@ -127,10 +130,10 @@ class _Head:
             )
         if V == 0:
             raise ValueError("classifier must have at least one row (class); got shape (0, d).")
-        b = None
+        b, b_dtypes = None, None
         if bias is not None:
             b = as_array("bias", bias)
-            _floating("bias", b)
+            b_dtypes = _floating("bias", b)
             if b.shape != (V,):
                 raise ValueError(f"bias must have shape ({V},); got shape {b.shape}.")
         y = as_array("labels", labels)
@@ -154,8 +157,10 @@ class _Head:
                     "would be an (N, V) array, the matrix this function exists to avoid."
                 )
         self.workspace = _check_workspace(workspace)
-        wide = any(a is not None and a.dtype == _F64 for a in (h, W, b))
+        wide = any(t is not None and t[0] == _F64 for t in (h_dtypes, W_dtypes, b_dtypes))
         self.dtype = _F64 if wide else _F32
+        # Each gradient in its input's dtype, native-endian (as the loss functions').
+        self.grad_dtypes = (h_dtypes[1], W_dtypes[1], None if b_dtypes is None else b_dtypes[1])
         self.hidden, self.classifier, self.bias = h, W, b
         self.N, self.V, self.d = math.prod(y.shape), V, d
         self.h2 = h.reshape(self.N, d)
@@ -197,7 +202,7 @@ class _Head:
         dh = dW = db = tmp = dh_t = None
         dh_rows = rows
         if want_grad:
-            dh = np.empty((N, d), dtype=self.hidden.dtype)
+            dh = np.empty((N, d), dtype=self.grad_dtypes[0])
             # d_hidden[block] is computed transposed, classifier.T @ G.T, into a
             # (d, rows) scratch: OpenBLAS runs (rows x V) @ (V x d) with few rows and a
             # long V about 6x slower than the same product transposed (measured at
@@ -215,9 +220,14 @@ class _Head:
             r1 = min(N, r0 + rows)
             hb = self.h2[r0:r1].astype(dt, copy=False)
             z = ws[: r1 - r0]
-            np.matmul(hb, Wc.T, out=z)
-            if bc is not None:
-                z += bc
+            # Products, sums and casts run quietly: a logit beyond the compute dtype's
+            # range is inf (its row's loss NaN, as for such logits in cross_entropy),
+            # inf * 0 is NaN, a gradient beyond float16's range inf: the unfused
+            # computation's values, which the semantics page documents, no warnings.
+            with Quiet():
+                np.matmul(hb, Wc.T, out=z)
+                if bc is not None:
+                    z += bc
             blk = self._block(r0, r1, z)
             loss, _ = evaluate(
                 blk, grad=z if want_grad else None, workers=engine_workers, scaling=scaling,
@@ -236,11 +246,13 @@ class _Head:
                 for s0 in range(0, r1 - r0, dh_rows):
                     s1 = min(r1 - r0, s0 + dh_rows)
                     block_t = dh_t[: d * (s1 - s0)].reshape(d, s1 - s0)
-                    np.matmul(Wc.T, z[s0:s1].T, out=block_t)
-                    dh[r0 + s0 : r0 + s1] = block_t.T
-                self._accumulate(dW, z, hb, tmp, first=r0 == 0)
-                if db is not None:
-                    db += z.sum(axis=0)
+                    with Quiet():
+                        np.matmul(Wc.T, z[s0:s1].T, out=block_t)
+                        dh[r0 + s0 : r0 + s1] = block_t.T  # cast to hidden's dtype
+                with Quiet():
+                    self._accumulate(dW, z, hb, tmp, first=r0 == 0)
+                    if db is not None:
+                        db += z.sum(axis=0)
         if loss_rows is not None:
             total: Any = loss_rows.reshape(self.labels_shape)
         else:
@@ -249,11 +261,13 @@ class _Head:
             return total, None
         assert dh is not None
         assert dW is not None
-        grads = LinearGrads(
-            dh.reshape(self.hidden.shape),
-            dW.astype(self.classifier.dtype, copy=False),
-            None if db is None or self.bias is None else db.astype(self.bias.dtype, copy=False),
-        )
+        _, W_out, b_out = self.grad_dtypes
+        with Quiet():
+            grads = LinearGrads(
+                dh.reshape(self.hidden.shape),
+                dW.astype(W_out, copy=False),
+                None if db is None or b_out is None else db.astype(b_out, copy=False),
+            )
         return total, grads
 
     def _block(self, r0: int, r1: int, z: np.ndarray) -> Problem:
@@ -329,10 +343,16 @@ _LINEAR_PARAMETERS = r"""
     Notes
     -----
     Everything is computed in float32, or float64 when any of ``hidden``,
-    ``classifier`` and ``bias`` is float64. The result equals the unfused computation
+    ``classifier`` and ``bias`` is float64 (of either byte order; gradients come back
+    native-endian). ``np.longdouble`` (float128) is refused, as for the logits of
+    :func:`cross_entropy`: no path computes in it. The result equals the unfused computation
     (the logits, then :func:`cross_entropy_with_grad`, then the products) within
     rounding; reduced losses add the blocks' float64 sums exactly before the one
-    reduction, with the mean's denominators of the whole batch."""
+    reduction, with the mean's denominators of the whole batch.
+
+    The products run in BLAS's threads. With OpenBLAS (NumPy's wheels), forking while
+    another thread is inside them deadlocks the parent in ``os.fork()``: start worker
+    processes with the "spawn" or "forkserver" start method (see the semantics page)."""
 
 
 def _linear_doc(func: Any) -> Any:

@@ -34,7 +34,8 @@ _SHARED_PARAMETERS = r"""
     labels : array_like
         Either integer class indices with the shape of ``logits`` without the class
         axis, in ``[0, K)`` (or equal to ``ignore_index``); or floating probability
-        targets with the shape of ``logits``, non-negative and finite. Probability
+        targets (bfloat16 included) with the shape of ``logits``, non-negative and
+        finite. Probability
         rows are used as given: a row that does not sum to one acts as a target with
         that total mass (the loss is linear in the target), as in PyTorch.
     epsilon : float, default 0.0
@@ -55,11 +56,11 @@ _SHARED_PARAMETERS = r"""
         (PyTorch's ``label_smoothing``). ``"others"``: 1/(K-1) on every class except
         the label (fairseq; the label gets exactly ``1 - epsilon``; integer labels,
         K >= 2). An array of shape (K,): a class prior. An array broadcastable to the
-        shape of ``logits``: a per-sample prior. Arrays must be non-negative and sum
-        to 1 along the class axis.
+        shape of ``logits``: a per-sample prior. Arrays (of any real dtype, bfloat16
+        included) must be non-negative and sum to 1 along the class axis.
     weight : array_like, shape (K,), optional
-        Non-negative class weights ``w``; the element loss is
-        :math:`-\sum_k w_k q_k \log p_k`.
+        Non-negative class weights ``w`` (any real dtype, bfloat16 included); the
+        element loss is :math:`-\sum_k w_k q_k \log p_k`.
     ignore_index : int, optional
         Integer label value whose elements contribute nothing: zero loss, zero
         gradient, and no share of the mean's denominator. No label is ignored by

@@ -77,8 +77,9 @@ def is_view_of(view: np.ndarray, base: np.ndarray) -> bool:
     return view.size == 0 or np.may_share_memory(view, base)
 
 
-def row_sums(x: np.ndarray) -> np.ndarray:
-    """Sums along axis 1 of a 2-D array, fast and accurate (float64 result).
+def row_sums(x: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """Sums along axis 1 of a 2-D array, fast and accurate (float64 result), times
+    ``scale`` when given (in float64: the same bits as multiplying the result after).
 
     Each row's sum depends on that row alone, never on how many rows share the call:
     a row's loss is the same in any batch, chunk or block (so Dask's chunkings and the
@@ -92,11 +93,14 @@ def row_sums(x: np.ndarray) -> np.ndarray:
         # `c_einsum` is the C function behind np.einsum (same loops, same bits) without
         # its Python wrapper, and without `dtype=` when none is needed: 1.5 us against
         # 5.4 us at (32, 10), where the wrapper and the casting setup were most of it.
-        if x.dtype == np.float32 or x.dtype == np.float64:
-            sums: np.ndarray = c_einsum("ij->i", x).astype(np.float64, copy=False)
+        if x.dtype.char in "fd":  # float32/64 (a char test: dtype == costs 0.2 us)
+            raw = c_einsum("ij->i", x)
         else:
-            sums = c_einsum("ij->i", x, dtype=np.promote_types(x.dtype, np.float32))
-            sums = sums.astype(np.float64)
+            raw = c_einsum("ij->i", x, dtype=np.promote_types(x.dtype, np.float32))
+        if scale is not None:  # widened and scaled in one pass
+            scaled: np.ndarray = np.multiply(raw, scale, dtype=np.float64)
+            return scaled
+        sums: np.ndarray = raw.astype(np.float64, copy=False)
         return sums
     acc = np.promote_types(x.dtype, np.float32)
     whole = (k // SUM_CHUNK) * SUM_CHUNK
@@ -105,6 +109,8 @@ def row_sums(x: np.ndarray) -> np.ndarray:
     total: np.ndarray = parts.sum(axis=1, dtype=np.float64)
     if whole < k:
         total += np.einsum("ij->i", x[:, whole:], dtype=acc)
+    if scale is not None:
+        total *= scale
     return total
 
 

@@ -22,6 +22,7 @@ from ._validation import (
     check_num_classes,
     check_prior,
     is_probabilistic,
+    widen_bfloat16,
 )
 
 __all__ = ["dense_targets", "smooth_labels"]
@@ -131,11 +132,11 @@ def smooth_labels(
     out_dtype = np.dtype(np.float64 if dtype is None else dtype)
     if out_dtype.kind != "f":
         raise TypeError(f"dtype must be a floating dtype; got dtype={out_dtype}.")
-    y = as_array("labels", labels)
+    y = widen_bfloat16(as_array("labels", labels))  # bfloat16 probabilities: exact float32
     probabilistic = is_probabilistic(y)
     if not probabilistic:
         out_shape = (*y.shape, K)
-        safe, _ = check_class_indices(y, K, None)
+        safe, _ = check_class_indices(y, K, None, can_ignore=False)
         flat: np.ndarray = safe.reshape(-1)
     else:
         if y.ndim == 0 or y.shape[-1] != K:

@@ -49,14 +49,9 @@ from ._validation import Prior, Problem
 
 __all__ = [
     "Block",
-    "Hot",
     "Terms",
     "common_terms",
-    "hot_constants",
-    "hot_dot_rest",
-    "hot_subtract",
     "label_denominator",
-    "label_logs",
     "label_weights",
 ]
 
@@ -109,37 +104,6 @@ def label_denominator(
     return float(label_weights(labels, counted, weight).sum())
 
 
-class Hot:
-    """Constants of the common case: integer labels over whole rows, no class weights,
-    the uniform or ``"others"`` prior (PyTorch's default and fairseq's variant).
-
-    Its terms need one row sum and two gathers (:func:`hot_dot_rest`,
-    :func:`label_logs`), its gradient one
-    scalar subtract and one scatter (:func:`hot_subtract`), and its mass ``W`` is the
-    same on every row. Both the general engine and the lean path for small calls
-    (:mod:`smoothce._lean`) take these constants from here.
-    """
-
-    __slots__ = ("K", "W", "a", "eps", "others", "p_const", "share")
-
-    def __init__(self, K: int, eps: float, others: bool) -> None:
-        self.K, self.eps, self.a, self.others = K, eps, 1.0 - eps, others
-        self.p_const = 1.0 / (K - 1 if others else K)
-        self.share = eps * self.p_const  # epsilon * u_k on every class
-        # a * 1 + eps * (sum of u over the classes, minus the label's share for "others"),
-        # in this order: the loss multiplies by W only when it is not exactly 1.
-        mass = self.a + eps * (self.p_const * K)
-        if others:
-            mass -= eps * self.p_const
-        self.W = mass
-
-
-@functools.lru_cache(maxsize=64)
-def hot_constants(K: int, eps: float, others: bool) -> Hot:
-    """:class:`Hot` for a call, cached: training loops repeat the same (K, eps)."""
-    return Hot(K, eps, others)
-
-
 _PRIORS = {False: Prior("uniform"), True: Prior("others")}
 
 
@@ -150,47 +114,9 @@ def common_terms(K: int, eps: float, others: bool) -> Terms:
     return Terms(K, eps, _PRIORS[others])
 
 
-def hot_dot_rest(
-    x: np.ndarray, flat_labels: np.ndarray, hot: Hot, want_x_y: bool
-) -> tuple[Any, np.ndarray | None]:
-    """``(T without its label term, x_y)`` per row, in float64, for :class:`Hot`.
-
-    ``x`` is a C-contiguous (rows, K) block; ``flat_labels`` the labels' positions in it
-    when flattened. The rest of ``T`` is ``eps u0 sum_k x_k`` (minus the label's share
-    ``eps u0 x_y`` for ``"others"``); it is the scalar 0.0 without smoothing. ``x_y``
-    is gathered when asked for or needed ("others"), else None.
-    """
-    x_y = None
-    if want_x_y or (hot.others and hot.share != 0.0):
-        # Gathered into float64 before they meet a Python float: NumPy keeps
-        # `float * float16_array` in float16 (11 bits).
-        x_y = x.reshape(-1).take(flat_labels).astype(_F64)
-    if hot.share == 0.0:
-        return 0.0, x_y
-    rest = row_sums(x)
-    rest *= hot.share
-    if hot.others:
-        assert x_y is not None
-        rest -= hot.share * x_y
-    return rest, x_y
-
-
-def label_logs(
-    e: np.ndarray, flat_labels: np.ndarray, x_y: np.ndarray | None, normal: bool
-) -> np.ndarray:
-    """``log e_y`` per row (float64) from the exponentials ``e`` (C-contiguous block),
-    or ``x_y`` where ``e_y`` is not a normal number of its dtype.
-
-    ``normal`` says that the caller knows every ``e_y`` to be normal (the engine's
-    unshifted blocks, whose logits lie in a bounded range), which skips the test.
-    """
-    return _logs(e.reshape(-1).take(flat_labels), x_y, normal)
-
-
 def _logs(e_y: np.ndarray, x_y: np.ndarray | None, normal: bool) -> np.ndarray:
-    """``log e_y`` in float64, ``x_y`` where ``e_y`` is not normal (see :func:`label_logs`).
-
-    ``x_y`` may be None only when ``normal``."""
+    """``log e_y`` in float64, ``x_y`` where ``e_y`` is not a normal number of its dtype
+    (``normal``: the caller knows it is, everywhere; then ``x_y`` may be None)."""
     # Widened first: log's own float32 -> float64 cast (dtype=) costs twice as much.
     logs: np.ndarray = np.log(e_y.astype(_F64))
     if not normal and len(e_y):
@@ -200,28 +126,6 @@ def _logs(e_y: np.ndarray, x_y: np.ndarray | None, normal: bool) -> np.ndarray:
             keep = ~(e_y >= tiny)
             logs[keep] = x_y[keep]
     return logs
-
-
-def hot_subtract(g: np.ndarray, flat_labels: np.ndarray, hot: Hot, c: float) -> None:
-    """``g -= c q`` in place for one-hot labels and the uniform/"others" prior.
-
-    ``g`` is a C-contiguous (rows, K) block holding ``c W p``.
-    """
-    share = hot.share
-    flat = g.reshape(-1)  # a view: g is C-contiguous
-    # "others" gives the label no share of epsilon. Its column is read before the share
-    # is subtracted from every column and then written directly: subtracting the share
-    # and adding it back would cancel catastrophically (p_y - 1 + 1 at eps = 1 keeps
-    # only float32's absolute accuracy).
-    at_y = flat.take(flat_labels) if hot.others and share != 0.0 else None
-    # Python floats meet g as g's dtype (rounded once, to nearest: NumPy 2's weak
-    # scalars and NumPy 1's value-based casting agree here), as dtype.type(...) did.
-    if share != 0.0:
-        g -= c * share
-    if at_y is not None:
-        flat[flat_labels] = at_y - g.dtype.type(c * hot.a)
-    else:
-        flat[flat_labels] -= c * hot.a
 
 
 class Block:
@@ -343,12 +247,6 @@ class Terms:
         if self.p_vec_all is not None:
             self.p_vec = self.p_vec_all[k0:k1]
         self.others = kind == "others"
-        # The common case (PyTorch's default and the benchmarks): integer labels over
-        # whole rows with the same prior share on every class. Its terms need one row
-        # sum and one gather, and its gradient one scalar subtract and one scatter.
-        self.hot: Hot | None = None
-        if not probabilistic and self.p_const is not None and k0 == 0 and k1 == K:
-            self.hot = hot_constants(K, eps, self.others)
         # sum over the window of w_k u_k, before "others" removes the label's share.
         self.prior_mass = (
             float(self.p_vec.sum())
@@ -388,8 +286,6 @@ class Terms:
             return None
         if self.k0 != 0 or self.k1 != self.K:
             return None
-        if self.hot is not None:
-            return self.hot.W
         # a * 1 + eps * (sum of u over the classes, minus the label's share for "others")
         mass = self.a + self.eps * self.prior_mass
         if self.others:
@@ -424,49 +320,57 @@ class Terms:
                     W = W - (share if full else self._at_labels(share, blk))
         return W
 
+    def _at_label(self, x: np.ndarray, blk: Block) -> np.ndarray:
+        """``x`` at the labels that lie in the window (a flat gather for whole rows:
+        a ``take`` costs a third of 2-D fancy indexing)."""
+        if blk.flat_labels is not None:
+            result: np.ndarray = x.reshape(-1).take(blk.flat_labels)
+            return result
+        rows, cols = blk.label_positions()
+        result = x[rows, cols]
+        return result
+
     def dot_rest(
         self, x: np.ndarray, blk: Block, want_x_y: bool = True
     ) -> tuple[Any, np.ndarray | None]:
         """``T = sum_k w_k q_k x_k`` over the window without its label term, per row
-        (float64, or the scalar 0.0), and ``x_y`` of the rows whose label lies in the
-        window (None for probability targets, and in the common case unless
-        ``want_x_y``).
+        (float64, or the scalar 0.0 when nothing is left), and ``x_y`` (float64) of
+        the rows whose label lies in the window, when ``want_x_y`` or needed by
+        ``"others"`` (else None; always None for probability targets).
 
-        ``x`` has shape (rows, window). The label term ``(1 - eps) w_y log e_y`` needs
-        the exponentials: :meth:`add_label_term` adds it. May leave NaN in rows with a
-        ``-inf`` entry; :meth:`exact_dot` repairs them.
+        ``x`` is a C-contiguous (rows, window) block. The label term ``(1 - eps) w_y
+        log e_y`` needs the exponentials: :meth:`add_label_term` adds it. May leave
+        NaN in rows with a ``-inf`` entry; :meth:`exact_dot` repairs them.
+
+        Integer labels with the uniform or ``"others"`` prior and no weights, PyTorch's
+        default and the benchmarks' case, need one row sum and (for ``"others"``) one
+        gather.
         """
-        if self.hot is not None:
-            assert blk.flat_labels is not None
-            return hot_dot_rest(x, blk.flat_labels, self.hot, want_x_y)
-        T = np.zeros(x.shape[0], dtype=_F64)
         w, a, eps = self.w, self.a, self.eps
         x_y = None
-        if not self.probabilistic:
-            rows, cols = blk.label_positions()
-            x_y = x[rows, cols].astype(_F64)
-        elif a != 0.0:  # the targets' part
-            if w is None:
-                T += a * _dot64("ik,ik->i", blk.targets, x)
-            else:
-                T += a * _dot64("ik,k,ik->i", blk.targets, w, x)
-        if eps != 0.0:  # prior part
-            if self.prior.kind == "sample":
-                u = blk.sample_prior
-                T += eps * (
-                    _dot64("ik,ik->i", u, x) if w is None else _dot64("ik,k,ik->i", u, w, x)
-                )
-            else:
-                if self.p_vec is None:
-                    assert self.p_const is not None
-                    T += (eps * self.p_const) * row_sums(x)
-                else:
-                    T += eps * _dot64("ik,k->i", x, self.p_vec)
-                if self.others:
-                    # u is zero on the label: take the label's term back out.
-                    assert x_y is not None
-                    T[blk.label_rows] -= eps * self._prior_share_at_label(blk) * x_y
-        return T, x_y
+        if not self.probabilistic and (want_x_y or (self.others and eps != 0.0)):
+            # Gathered into float64 before they meet a Python float: NumPy keeps
+            # `float * float16_array` in float16 (11 bits).
+            x_y = self._at_label(x, blk).astype(_F64)
+        T: Any = 0.0
+        if self.probabilistic and a != 0.0:  # the targets' part
+            t = blk.targets
+            T = a * (_dot64("ik,ik->i", t, x) if w is None else _dot64("ik,k,ik->i", t, w, x))
+        if eps == 0.0:
+            return T, x_y
+        if self.prior.kind == "sample":
+            u = blk.sample_prior
+            term = eps * (_dot64("ik,ik->i", u, x) if w is None else _dot64("ik,k,ik->i", u, w, x))
+        elif self.p_vec is None:
+            assert self.p_const is not None
+            term = row_sums(x, eps * self.p_const)
+        else:
+            term = eps * _dot64("ik,k->i", x, self.p_vec)
+        if self.others:
+            # u is zero on the label: take the label's term back out.
+            assert x_y is not None
+            term[blk.label_rows] -= eps * self._prior_share_at_label(blk) * x_y
+        return (term if isinstance(T, float) else T + term), x_y
 
     def label_logs(
         self, e: np.ndarray, blk: Block, x_y: np.ndarray | None, normal: bool
@@ -474,31 +378,26 @@ class Terms:
         """``log e_y`` (float64) of the rows whose label lies in the window, from the
         block's exponentials ``e = exp(x)``; ``x_y`` (from :meth:`dot_rest`) where
         ``e_y`` is not normal (``normal``: the caller knows it is, everywhere)."""
-        if self.hot is not None:
-            assert blk.flat_labels is not None
-            return label_logs(e, blk.flat_labels, x_y, normal)
-        rows, cols = blk.label_positions()
-        return _logs(e[rows, cols], x_y, normal)
+        return _logs(self._at_label(e, blk), x_y, normal)
 
     def add_label_term(self, T: Any, logs: np.ndarray | None, blk: Block) -> np.ndarray:
-        """``T + (1 - eps) w_y log e_y`` for the rows whose label lies in the window
-        (``logs`` from :meth:`label_logs`; None for probability targets)."""
+        """``T + (1 - eps) w_y log e_y`` for the rows whose label lies in the window, as
+        a new array (``logs`` from :meth:`label_logs`, left as it is for the metrics'
+        observer; None for probability targets)."""
         if logs is None or self.a == 0.0:
             result: np.ndarray = np.broadcast_to(T, (blk.n,)) if np.ndim(T) == 0 else T
             return result
-        if self.hot is not None:
-            scalar = isinstance(T, float)  # T is the scalar 0.0 without smoothing
-            if self.a == 1.0:
-                # A new array either way: `logs` goes to the observer unchanged.
-                term: np.ndarray = logs.copy() if scalar else logs + T
-                return term
-            term = logs * self.a
-            if not scalar:
+        if self.w_all is None:
+            term = logs * self.a if self.a != 1.0 else logs.copy()
+        else:
+            term = self.a * (self._label_weight(blk) * logs)
+        if isinstance(blk.label_rows, slice):  # every row has its label here
+            if not isinstance(T, float):
                 term += T
             return term
-        T[blk.label_rows] += self.a * (self._label_weight(blk) * logs)
-        result = T
-        return result
+        full = np.zeros(blk.n, dtype=_F64) if isinstance(T, float) else T
+        full[blk.label_rows] += term
+        return full
 
     def exact_dot(
         self, z: np.ndarray, ref: np.ndarray | None, blk: Block, which: np.ndarray
@@ -548,34 +447,46 @@ class Terms:
 
     # -- backward --------------------------------------------------------------
     def subtract_targets(self, g: np.ndarray, blk: Block, c: float) -> None:
-        """``g -= c * w * q`` over the window, in place, without forming ``q``."""
+        """``g -= c * w * q`` over the window, in place, without forming ``q``.
+
+        For integer labels: one subtraction of the prior's share over the block and
+        one scatter at the labels (a flat one for whole rows).
+        """
         w, a, eps = self.w, self.a, self.eps
-        if self.hot is not None:
-            assert blk.flat_labels is not None
-            hot_subtract(g, blk.flat_labels, self.hot, c)
-            return
         if self.probabilistic and a != 0.0:
             t = blk.targets
             g -= (c * a) * (t if w is None else t * w)
         at_y = None
-        if not self.probabilistic:
-            rows, cols = blk.label_positions()
-            if eps != 0.0 and self.others:
-                at_y = g[rows, cols]  # read before the share is subtracted (see above)
+        if not self.probabilistic and eps != 0.0 and self.others:
+            # "others" gives the label no share of epsilon. Its entries are read before
+            # the share is subtracted from every class and then written directly:
+            # subtracting the share and adding it back would cancel catastrophically
+            # (p_y - 1 + 1 at eps = 1 keeps only float32's absolute accuracy).
+            at_y = self._at_label(g, blk)
         if eps != 0.0:
             if self.prior.kind == "sample":
                 u = blk.sample_prior
                 g -= (c * eps) * (u if w is None else u * w)
             elif self.p_vec is None:
                 assert self.p_const is not None
-                g -= g.dtype.type(c * eps * self.p_const)
+                # A Python float meets g as g's dtype, rounded once (NumPy 2's weak
+                # scalars and NumPy 1's value-based casting agree here).
+                g -= c * (eps * self.p_const)
             else:
                 g -= (c * eps * self.p_vec).astype(g.dtype)
-        if not self.probabilistic:
-            # One scatter per row: the label's (1 - eps) w_y; for "others" the label
-            # column is written from its value before the prior share was subtracted.
-            at_label = c * (a * self._label_weight(blk))
+        if self.probabilistic:
+            return
+        # One scatter per row: the label's (1 - eps) w_y.
+        at_label = c * (a * self._label_weight(blk))
+        if blk.flat_labels is not None:
+            flat = g.reshape(-1)  # a view: whole rows are C-contiguous blocks
             if at_y is not None:
-                g[rows, cols] = at_y - at_label
+                flat[blk.flat_labels] = at_y - at_label
             else:
-                g[rows, cols] -= at_label
+                flat[blk.flat_labels] -= at_label
+            return
+        rows, cols = blk.label_positions()
+        if at_y is not None:
+            g[rows, cols] = at_y - at_label
+        else:
+            g[rows, cols] -= at_label

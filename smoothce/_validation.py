@@ -178,8 +178,11 @@ def is_bfloat16(dtype: np.dtype[Any]) -> bool:
     return dtype.kind == "V" and dtype.name == "bfloat16" and dtype.itemsize == 2
 
 
-def compute_dtypes(dtype: np.dtype[Any]) -> tuple[np.dtype[Any], np.dtype[Any]]:
-    """``(compute dtype, output dtype)`` for logits of ``dtype``.
+def compute_dtypes(
+    dtype: np.dtype[Any], name: str = "logits", *, integers: bool = True
+) -> tuple[np.dtype[Any], np.dtype[Any]]:
+    """``(compute dtype, output dtype)`` for an input of ``dtype``: the one rule of which
+    dtypes smoothce computes in, for the logits and for the linear head's inputs.
 
     float16 and bfloat16 are computed in float32 (their 11- and 8-bit significands
     would make the sums meaningless) and written back in their own dtype; integers are
@@ -187,8 +190,25 @@ def compute_dtypes(dtype: np.dtype[Any]) -> tuple[np.dtype[Any], np.dtype[Any]]:
     from some files) is read where it lies and gives the same results as native input.
     NumPy has no arithmetic of its own for bfloat16 (ml_dtypes supplies slow loops), so
     the engine converts each block of bfloat16 logits to float32 before any operation.
+    Anything else, ``np.longdouble`` (float128) included, is refused: no path computes in
+    it, and computing it in float64 or float32 would silently drop its precision.
+
+    Parameters
+    ----------
+    dtype : numpy.dtype
+        The input's dtype.
+    name : str, default "logits"
+        The argument's name in the error message.
+    integers : bool, default True
+        Whether integer inputs are accepted (promoted to float64).
+
+    Returns
+    -------
+    compute, output : numpy.dtype
+        float32 or float64; the input's dtype in native byte order (float64 for
+        integers).
     """
-    if dtype.kind in "iu":
+    if integers and dtype.kind in "iu":
         return np.dtype(np.float64), np.dtype(np.float64)
     if is_bfloat16(dtype):
         return np.dtype(np.float32), dtype
@@ -197,9 +217,11 @@ def compute_dtypes(dtype: np.dtype[Any]) -> tuple[np.dtype[Any], np.dtype[Any]]:
         return np.dtype(np.float32), native
     if native in (np.float32, np.float64):
         return native, native
-    raise TypeError(
-        f"logits must be float16, bfloat16, float32, float64 or integer; got dtype {dtype}."
-    )
+    if integers:
+        allowed = "float16, bfloat16, float32, float64 or integer"
+    else:
+        allowed = "a floating array (float16, bfloat16, float32 or float64)"
+    raise TypeError(f"{name} must be {allowed}; got dtype {dtype}.")
 
 
 def check_epsilon(epsilon: Any) -> float:
@@ -311,13 +333,18 @@ def labels_in_range(labels: np.ndarray, K: int) -> bool:
     return bool(np.maximum.reduce(labels, axis=None) < K)
 
 
+#: PyTorch's default ``ignore_index``; smoothce's is None.
+TORCH_IGNORE_INDEX = -100
+
+
 def check_class_indices(
-    labels: np.ndarray, K: int, ignore_index: int | None
+    labels: np.ndarray, K: int, ignore_index: int | None, *, can_ignore: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Validate integer labels; return ``(safe intp labels, counted mask or None)``.
 
     Ignored entries are replaced by 0 in the returned (new) array so the engine can
-    index with it; the mask says they contribute nothing.
+    index with it; the mask says they contribute nothing. ``can_ignore``: whether the
+    caller takes an ``ignore_index`` (then a label of -100 without one gets a hint).
     """
     counted = None
     if ignore_index is not None:
@@ -338,8 +365,16 @@ def check_class_indices(
             "" if ignore_index is None else f" or ignore_index={ignore_index}"
         )
         where = _position(first, labels.shape)
+        hint = ""
+        if can_ignore and ignore_index is None and value == TORCH_IGNORE_INDEX:
+            # Padding marked as PyTorch marks it, where smoothce ignores nothing.
+            hint = (
+                f" {TORCH_IGNORE_INDEX} is PyTorch's default ignore_index; smoothce ignores "
+                f"no label by default: pass ignore_index={TORCH_IGNORE_INDEX} to leave "
+                "these elements out."
+            )
         raise ValueError(
-            f"labels must be class indices in {allowed}; got labels{where} = {int(value)}."
+            f"labels must be class indices in {allowed}; got labels{where} = {int(value)}.{hint}"
         )
     if counted is None:
         # astype copies only when the dtype differs; intp labels are indexed as they are.
@@ -367,10 +402,25 @@ def check_distribution_array(
 
 
 def as_real_array(name: str, values: npt.ArrayLike) -> np.ndarray:
+    """``values`` as a real array (floating or integer); bfloat16 as float32 (a copy).
+
+    bfloat16 class weights and priors are accepted, as Liger-Kernel accepts bfloat16
+    class weights: float32 holds every bfloat16 value exactly, and NumPy has no
+    arithmetic of its own for bfloat16.
+    """
     arr = as_array(name, values)
+    if is_bfloat16(arr.dtype):
+        return arr.astype(np.float32)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be a real floating or integer array; got dtype {arr.dtype}.")
     return arr
+
+
+def widen_bfloat16(a: np.ndarray, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
+    """``a`` itself, or its bfloat16 values converted exactly to ``dtype`` (float32 or
+    float64): probability targets may be bfloat16, like the logits, and are promoted
+    once as float16 ones are."""
+    return a.astype(dtype) if is_bfloat16(a.dtype) else a
 
 
 #: Largest class weights used as given (``scale = 1`` in :func:`check_weight`).
@@ -422,18 +472,23 @@ def prior_sum_tolerance(dtype: np.dtype[Any], K: int) -> float:
     Twice that bound leaves room for the normalisation's own division. Integers are
     exact: only the float64 sum's rounding is allowed.
 
-    For K = 1000 this is 1.1e-2 in float16, 1.3e-6 in float32 and 2.2e-13 in float64.
-    A prior summing to 1.1 is rejected in every dtype for every K up to 2**20; float16's
-    bound reaches 0.083 there, because float16 cannot hold a distribution over that
-    many classes any closer.
+    For K = 1000 this is 1.1e-2 in float16, 1.3e-6 in float32, 2.2e-13 in float64 and
+    8.6e-2 in bfloat16. A prior summing to 1.1 is rejected in every dtype for every K up
+    to 2**20 (bfloat16: up to 2048); float16's bound reaches 0.083 there, because
+    float16 cannot hold a distribution over that many classes any closer.
     """
     f64 = np.finfo(np.float64)
     exact_sum = K * float(f64.eps)
-    if dtype.kind != "f":
+    if is_bfloat16(dtype):
+        # float32's exponent range with 7 fraction bits (constants, so that the rule
+        # needs no ml_dtypes): eps 2**-7, smallest subnormal 2**-133.
+        eps, subnormal = 2.0**-7, 2.0**-133
+    elif dtype.kind == "f":
+        info = np.finfo(dtype)
+        eps, subnormal = float(info.eps), float(info.smallest_subnormal)
+    else:
         return exact_sum
-    info = np.finfo(dtype)
-    unit = float(info.eps) / 2  # unit roundoff
-    subnormal = float(info.smallest_subnormal)
+    unit = eps / 2  # unit roundoff
     levels = max(1, math.ceil(math.log2(K))) if K > 1 else 1
     return 2.0 * ((levels + 1) * unit + K * subnormal / 2) + exact_sum
 
@@ -469,7 +524,8 @@ def check_prior(
         if K < 2:
             raise ValueError(f"prior='others' needs at least 2 classes; got {K} class.")
         return Prior("others")
-    u = as_real_array("prior", prior)
+    given = as_array("prior", prior)
+    u = as_real_array("prior", given)  # bfloat16 read as float32, exactly
     if u.shape == (K,):
         kind: Literal["class", "sample"] = "class"
         sums = np.array([u.sum(dtype=np.float64)])
@@ -488,14 +544,14 @@ def check_prior(
             values = np.broadcast_to(promoted(u, compute_dtype), out_shape)
         values = classes_last(values, class_axis % len(out_shape))
     check_distribution_array("prior", u)
-    tol = prior_sum_tolerance(u.dtype, K)
+    tol = prior_sum_tolerance(given.dtype, K)  # the rounding of the dtype it came in
     off = np.abs(sums - 1.0) > tol
     if off.any():
         first = int(np.argmax(off))
         where = "" if kind == "class" else f" at batch position {_position(first, sums.shape)}"
         raise ValueError(
             f"prior must sum to 1 along the class axis (within {tol:.1e}, the rounding of "
-            f"{K} {u.dtype} values); got a sum of {float(sums.reshape(-1)[first])!r}{where}."
+            f"{K} {given.dtype} values); got a sum of {float(sums.reshape(-1)[first])!r}{where}."
         )
     return Prior(kind, values)
 
@@ -527,7 +583,8 @@ def prepare(
     cap = check_softcap(softcap)
 
     batch_shape = z_in.shape[:ax] + z_in.shape[ax + 1 :]
-    y = as_array("labels", labels)
+    # bfloat16 probability targets are promoted once, exactly, as float16 ones are.
+    y = widen_bfloat16(as_array("labels", labels), compute_dtype)
     # An empty Python list arrives as float64; with the class-index shape it is
     # unambiguous, so treat it as (zero) class indices.
     if y.dtype.kind == "f" and y.size == 0 and y.shape == batch_shape:

@@ -13,10 +13,18 @@ the weighted mean gap between accuracy and confidence (Naeini et al. 2015; Guo e
 2017). Label smoothing typically lowers the confidence of over-confident networks
 (Müller et al. 2019), which this measures.
 
-Both functions take logits (``from_logits=True``, the default; softmax is applied
-stably) or probabilities, with the classes on any axis. Internally they accumulate
-per-bin sums (:class:`BinCounts`), so large inputs can be processed in chunks and
-combined: ``python -m smoothce eval`` does that.
+Both functions take logits (``from_logits=True``, the default) or probabilities,
+with the classes on any axis. Internally they accumulate per-bin sums
+(:class:`BinCounts`, through :func:`bin_counts`), so large inputs can be processed in
+chunks and combined.
+
+Logits are read by the loss engine's pass of :func:`smoothce.metrics.evaluate`: each
+row's confidence :math:`e^{m_i - \operatorname{lse}(z_i)}` is formed in float64 from the
+engine's sums, whatever the logits' dtype (float16 and bfloat16 ones are as exact as
+float32 logits holding the same values), and the bins and the ECE are those of
+:mod:`smoothce._bins`. So :func:`expected_calibration_error`,
+``smoothce.metrics.evaluate(...).ece`` and ``python -m smoothce eval`` give the same
+ECE on the same data, to the bit.
 
 A row of logits holding a NaN or a ``+inf``, or only ``-inf``, has no softmax and so no
 confidence. Like the loss functions, which give NaN for such a row, the ECE is then NaN
@@ -27,106 +35,27 @@ at. Probabilities (``from_logits=False``) must lie in [0, 1]: NaN is an error th
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ._stable import log_softmax
+from . import metrics
+from ._bins import MAX_BINS as MAX_BINS
+from ._bins import BinCounts, bin_sums, check_bins
 from ._validation import (
     _check_ignore_index,
     as_array,
     check_class_indices,
     check_logits,
     classes_last,
+    compute_dtypes,
 )
 
 __all__ = ["BinCounts", "expected_calibration_error", "reliability_curve"]
 
-#: The most bins :func:`reliability_curve` and friends accept. Each bin costs three
-#: 8-byte sums (24 MB at this bound, allocated per call), and an ECE over a million
-#: bins already needs many millions of predictions before a bin holds more than noise;
-#: beyond it a typo (``n_bins=10**12``) would only surface as a MemoryError.
-MAX_BINS = 10**6
-
-
-@dataclass
-class BinCounts:
-    """Per-bin sums over equal-width confidence bins on [0, 1].
-
-    Made by :func:`bin_counts` for one batch; ``total += batch`` adds another batch's
-    sums, and :meth:`ece` turns the total into the calibration error.
-
-    Attributes
-    ----------
-    count : ndarray of int64, shape (n_bins,)
-        Predictions whose top-class confidence falls in each bin.
-    confidence : ndarray of float64, shape (n_bins,)
-        Sum of those confidences.
-    correct : ndarray of float64, shape (n_bins,)
-        Number of them whose top class is the label.
-    undefined : int
-        Counted predictions without a confidence (logits with a NaN or ``+inf``, or all
-        ``-inf``): in no bin, and they make :meth:`ece` NaN.
-    """
-
-    count: np.ndarray
-    confidence: np.ndarray
-    correct: np.ndarray
-    undefined: int = 0
-
-    @classmethod
-    def empty(cls, n_bins: int) -> BinCounts:
-        """All-zero sums over ``n_bins`` bins: the start of an accumulation.
-
-        Parameters
-        ----------
-        n_bins : int
-            Number of bins, an integer in [1, ``MAX_BINS``].
-
-        Returns
-        -------
-        BinCounts
-            Zero ``count`` (int64), ``confidence`` and ``correct`` (float64) of shape
-            (n_bins,), and ``undefined`` 0.
-        """
-        n_bins = _check_bins(n_bins)
-        return cls(np.zeros(n_bins, np.int64), np.zeros(n_bins), np.zeros(n_bins))
-
-    def __iadd__(self, other: BinCounts) -> BinCounts:
-        """Add the sums of ``other`` (same number of bins) into these, in place."""
-        self.count += other.count
-        self.confidence += other.confidence
-        self.correct += other.correct
-        self.undefined += other.undefined
-        return self
-
-    def ece(self) -> float:
-        """Expected calibration error of everything accumulated.
-
-        Returns
-        -------
-        float
-            ``sum |correct - confidence| / sum count`` over the bins, in [0, 1];
-            0.0 when nothing was accumulated; NaN when a prediction had no
-            confidence (``undefined > 0``).
-        """
-        if self.undefined:
-            return math.nan
-        n = int(self.count.sum())
-        if n == 0:
-            return 0.0
-        return float(np.abs(self.correct - self.confidence).sum() / n)
-
-
-def _check_bins(n_bins: Any) -> int:
-    if isinstance(n_bins, (bool, np.bool_)) or not isinstance(n_bins, (int, np.integer)):
-        raise TypeError(f"n_bins must be an integer; got n_bins={n_bins!r}.")
-    if not 1 <= n_bins <= MAX_BINS:
-        raise ValueError(f"n_bins must be in [1, {MAX_BINS}]; got n_bins={int(n_bins)}.")
-    return int(n_bins)
+#: The name :mod:`smoothce.dask` and the ``eval`` modules import (see :mod:`smoothce._bins`).
+_check_bins = check_bins
 
 
 def _check_scores(scores: npt.ArrayLike, axis: Any) -> tuple[np.ndarray, int]:
@@ -162,8 +91,12 @@ def bin_counts(
     """Per-bin sums of one batch, to be added up over chunks with ``+=``.
 
     :func:`reliability_curve` and :func:`expected_calibration_error` are this
-    followed by a division; call it directly to process an input too large for
-    memory in chunks (``python -m smoothce eval`` does).
+    followed by a division; call it directly to add up inputs held in pieces (files,
+    shards). Logits are read in chunks of whole rows (as by
+    :func:`smoothce.metrics.evaluate`), so a memory map need not fit in memory. ``+=``
+    adds float64 sums; :class:`smoothce.metrics.Accumulator`, which
+    ``python -m smoothce eval`` and :mod:`smoothce.dask` use, keeps them exact, so its
+    ECE does not depend on the pieces to the bit.
 
     Parameters
     ----------
@@ -225,37 +158,21 @@ def bin_counts(
             f"labels must have the shape of scores without the class axis {ax}, {batch}; "
             f"got shape {y.shape}."
         )
-    if not from_logits:
-        _check_probabilities(s)
-    y, counted = check_class_indices(y, K, ignore)
-    y = y.reshape(-1)
-    s = classes_last(s, ax).reshape(-1, K)
     if from_logits:
-        # max softmax probability = exp(max log-softmax), computed without overflow.
-        confidence = np.exp(log_softmax(s, axis=-1).max(axis=-1)).astype(np.float64)
-    else:
-        confidence = s.max(axis=-1).astype(np.float64)
-    correct = (s.argmax(axis=-1) == y).astype(np.float64)
+        compute_dtypes(s.dtype, "scores")  # float128 has no compute path
+        # The metrics' pass: one engine pass per chunk gives every row's confidence
+        # (and the top class), binned by the one rule of smoothce._bins.
+        acc = metrics.accumulate(s, y, axis=ax, ignore_index=ignore, top_k=1, n_bins=n_bins)
+        return acc.bins()
+    _check_probabilities(s)
+    y, counted = check_class_indices(y, K, ignore)
+    s = classes_last(s, ax).reshape(-1, K)
+    confidence = s.max(axis=-1).astype(np.float64)
+    correct = s.argmax(axis=-1) == y.reshape(-1)
     if counted is not None:
         keep = counted.reshape(-1)
         confidence, correct = confidence[keep], correct[keep]
-    # A row without a softmax (NaN or +inf logit, or all -inf) has a NaN confidence and
-    # belongs in no bin. One test on the per-row vector (1/K of the logits' size) finds
-    # out; the mask is built only when there is such a row.
-    undefined = 0
-    if from_logits and np.isnan(confidence.sum()):
-        defined = ~np.isnan(confidence)
-        undefined = int(confidence.size - np.count_nonzero(defined))
-        confidence, correct = confidence[defined], correct[defined]
-    # Equal-width bins, right-closed except the first: confidence 1.0 is in the last
-    # bin and confidence 0.0 in the first.
-    b = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    return BinCounts(
-        np.bincount(b, minlength=n_bins).astype(np.int64),
-        np.bincount(b, weights=confidence, minlength=n_bins),
-        np.bincount(b, weights=correct, minlength=n_bins),
-        undefined,
-    )
+    return bin_sums(confidence, correct, n_bins)
 
 
 def reliability_curve(
@@ -277,7 +194,7 @@ def reliability_curve(
         Class indices, the shape of ``scores`` without the class axis.
     n_bins : int, default 15
         Number of equal-width bins on [0, 1] (right-closed; 0 falls in the first), in
-        [1, 10**6] (``MAX_BINS``: each bin costs 24 bytes per call, and more bins
+        [1, 10**6] (``MAX_BINS``: each bin costs under 100 bytes per call, and more bins
         than that would need many millions of predictions to hold more than noise).
     axis : int, default -1
         The class axis; it must have at least one class.

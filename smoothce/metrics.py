@@ -47,6 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _engine
+from ._bins import BinCounts, bin_index, check_bins
 from ._engine import run, with_batch_axis
 from ._exact import ExactSum, exact_sums
 from ._kernel import finish_losses
@@ -54,7 +55,6 @@ from ._scaling import Scaling, loss_unit
 from ._stable import row_blocks, widen_float16
 from ._terms import label_weights
 from ._validation import Prior, Problem, classes_last, prepare
-from .calibration import BinCounts, _check_bins
 
 __all__ = [
     "Accumulator",
@@ -239,15 +239,21 @@ class Metrics:
     accuracy : float
         Fraction of counted elements whose top class is the label.
     top_k_accuracy : float
-        Fraction whose label is among the ``top_k`` top classes.
+        Fraction whose label is among the ``top_k`` top classes (ties go to the lower
+        class index, unlike scikit-learn's ``top_k_accuracy_score``: see
+        :func:`accuracy`).
     ece : float
-        Expected calibration error over ``n_bins`` equal-width confidence bins.
+        Expected calibration error over ``n_bins`` equal-width confidence bins:
+        ``bins.ece()``, the float
+        :func:`smoothce.calibration.expected_calibration_error` gives on the same
+        logits.
     counted, elements : int
         Elements counted (not ignored) and elements in total.
     epsilon : float
     top_k, n_bins : int
     bins : BinCounts
-        The calibration bins, for a reliability diagram.
+        The calibration bins, for a reliability diagram (each bin's confidence sum
+        rounded once from the exact one).
 
     Over no counted element every mean is 0.0 (and the perplexity 1.0), as for the
     losses. An element whose softmax is undefined (a NaN or ``+inf`` logit, or every
@@ -335,13 +341,18 @@ class Accumulator:
     __add__ = merge
 
     def bins(self) -> BinCounts:
-        """The calibration bins as :class:`~smoothce.calibration.BinCounts`."""
+        """The calibration bins as :class:`~smoothce.calibration.BinCounts`: each bin's
+        confidence sum rounded once, and the rows without a confidence as
+        ``undefined``; their :meth:`~smoothce.calibration.BinCounts.ece` is the ECE."""
         if not self.bin_count:
-            return BinCounts.empty(self.n_bins)
+            empty = BinCounts.empty(self.n_bins)
+            empty.undefined = self.undefined
+            return empty
         return BinCounts(
             np.array(self.bin_count, dtype=np.int64),
             np.array([s.value() for s in self.bin_confidence]),
             np.array(self.bin_correct, dtype=np.float64),
+            self.undefined,
         )
 
     def _mean(self, total: ExactSum) -> float:
@@ -365,30 +376,21 @@ class Accumulator:
         n = self.counted
         acc = nan if undefined else (self.correct / n if n else 0.0)
         acc_k = nan if undefined else (self.correct_k / n if n else 0.0)
+        bins = self.bins()
         return Metrics(
             loss=loss,
             nll=nll_value,
             perplexity=ppl,
             accuracy=acc,
             top_k_accuracy=acc_k,
-            ece=nan if undefined else self._ece(),
+            ece=bins.ece(),  # the one ECE arithmetic, smoothce.calibration's (NaN if undefined)
             counted=n,
             elements=self.elements,
             epsilon=self.epsilon,
             top_k=self.top_k,
             n_bins=self.n_bins,
-            bins=self.bins(),
+            bins=bins,
         )
-
-    def _ece(self) -> float:
-        r"""``sum_b |correct_b - confidence_b| / n``, from the exact sums, rounded once."""
-        n = sum(self.bin_count)
-        if n == 0:
-            return 0.0
-        one = 1 << 1126  # 1.0 in the units of ExactSum
-        pairs = zip(self.bin_correct, self.bin_confidence, strict=True)
-        gap = sum(abs(c * one - s.units) for c, s in pairs)
-        return gap / (n * one)
 
 
 def _ratio_units(total: ExactSum, count: int) -> float:
@@ -555,7 +557,7 @@ def _accumulate_problem(p: Problem, top_k: int, n_bins: int, workers: Any = None
     # coordinates as the NLL: no new pass. Bins are equal-width, right-closed except
     # the first (as smoothce.calibration).
     conf = np.exp(np.minimum((m[ok] - r.ref[ok]) - r.log_s[ok], 0.0))
-    b = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    b = bin_index(conf, n_bins)
     right = top1[ok]
     bin_conf = exact_sums(conf, b, n_bins)
     # Unweighted, the mean divides by `counted`; the accumulator keeps no sum then.
@@ -580,6 +582,26 @@ def _accumulate_problem(p: Problem, top_k: int, n_bins: int, workers: Any = None
         bin_correct=tuple(int(c) for c in np.bincount(b[right], minlength=n_bins)),
         bin_confidence=tuple(bin_conf),
     )
+
+
+def _accumulate_chunks(
+    p: Problem,
+    top_k: int,
+    n_bins: int,
+    workers: Any,
+    progress: Callable[[int, int], object] | None = None,
+) -> Accumulator:
+    """The accumulator of ``p``, merged over its :func:`_chunks` (``progress(done,
+    total)`` after each)."""
+    total: Accumulator | None = None
+    n = math.prod(p.batch_shape)
+    for chunk in _chunks(p):
+        acc = _accumulate_problem(chunk, top_k, n_bins, workers)
+        total = acc if total is None else total.merge(acc)
+        if progress is not None:
+            progress(total.elements, n)
+    assert total is not None
+    return total
 
 
 def _chunks(p: Problem) -> list[Problem]:
@@ -654,9 +676,9 @@ def accumulate(
 ) -> Accumulator:
     """The :class:`Accumulator` of one chunk, for :meth:`Accumulator.merge`.
 
-    Parameters are those of :func:`evaluate`. The whole chunk is validated and
-    evaluated at once, so it should fit in memory with a few float64 values per
-    element; :func:`evaluate` cuts larger inputs itself.
+    Parameters are those of :func:`evaluate`. The chunk is validated at once and, like
+    :func:`evaluate`'s input, read in pieces of at most :data:`CHUNK_ELEMENTS` logits
+    (which changes no bit: the sums are exact), so it may be a memory map.
 
     Examples
     --------
@@ -671,7 +693,7 @@ def accumulate(
     p = _prepare(
         logits, labels, epsilon, axis=axis, prior=prior, weight=weight, ignore_index=ignore_index
     )
-    return _accumulate_problem(p, _check_top_k(top_k), _check_bins(n_bins), workers)
+    return _accumulate_chunks(p, _check_top_k(top_k), check_bins(n_bins), workers)
 
 
 @_doc
@@ -708,7 +730,8 @@ def evaluate(
         Class weights of the ``loss`` and the ``nll`` (means weighted by
         ``weight[label]``, as PyTorch's). Accuracy and calibration count elements.
     top_k : int, default 5
-        ``k`` of ``top_k_accuracy`` (ties broken as in :func:`accuracy`).
+        ``k`` of ``top_k_accuracy`` (ties go to the lower class index, as in
+        :func:`accuracy`; scikit-learn's ``top_k_accuracy_score`` favours the higher).
     n_bins : int, default 15
         Equal-width confidence bins of the ECE (as in
         :func:`smoothce.calibration.expected_calibration_error`).
@@ -737,16 +760,8 @@ def evaluate(
     p = _prepare(
         logits, labels, epsilon, axis=axis, prior=prior, weight=weight, ignore_index=ignore_index
     )
-    k, bins = _check_top_k(top_k), _check_bins(n_bins)
-    total: Accumulator | None = None
-    n = math.prod(p.batch_shape)
-    for chunk in _chunks(p):
-        acc = _accumulate_problem(chunk, k, bins, workers)
-        total = acc if total is None else total.merge(acc)
-        if progress is not None:
-            progress(total.elements, n)
-    assert total is not None
-    return total.result()
+    k, bins = _check_top_k(top_k), check_bins(n_bins)
+    return _accumulate_chunks(p, k, bins, workers, progress).result()
 
 
 @_doc
@@ -850,7 +865,11 @@ def accuracy(
 
     Ties are broken by class index, as :func:`numpy.argmax` does: the label ranks
     after every class with a larger logit and after every lower-indexed class with
-    the same logit. ``top_k >= K`` counts every element as correct.
+    the same logit. This is the opposite of scikit-learn's
+    :func:`~sklearn.metrics.top_k_accuracy_score`, which documents that among equal
+    scores the labels with the highest indices are chosen first: on tied logits the
+    two can disagree (``[[1.0, 1.0, 0.0]]`` with label 0 and ``top_k=1``: 1.0 here,
+    0.0 there). ``top_k >= K`` counts every element as correct.
 
     Parameters
     ----------

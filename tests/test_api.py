@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+import re
 from pathlib import Path
+
+import pytest
 
 import smoothce
 
@@ -34,8 +37,24 @@ def test_all_lists_exactly_the_public_api():
     }  # fmt: skip
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def test_version_comes_from_the_package_metadata():
     assert smoothce.__version__ == importlib.metadata.version("smoothce")
+
+
+def test_pyproject_changelog_and_package_name_one_version():
+    """pyproject.toml said 0.1.0 while CHANGELOG.md described 0.2.0 (issue 16, item 9).
+    pyproject.toml is the one source; the installed metadata (hence __version__) is
+    read from it, and the changelog's newest entry must name it."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        declared = tomllib.load(f)["project"]["version"]
+    assert declared == smoothce.__version__, "stale install: pip install -e . again"
+    newest = re.search(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), re.MULTILINE)
+    assert newest is not None
+    assert newest.group(1) == declared
 
 
 def test_loss_functions_share_one_signature():

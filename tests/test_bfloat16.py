@@ -111,3 +111,80 @@ def test_log_softmax_of_bfloat16_is_float32_rounded_once():
     ref = smoothce.log_softmax(z.astype(np.float64))
     assert got.dtype == BF16
     assert np.all(np.abs(got.astype(np.float64) - ref) <= _half_bf16_spacing(ref) + 1e-5)
+
+
+# -- bfloat16 beside the logits: weights, priors, probability targets (issue 17, item 7)
+def _same_values(a: np.ndarray) -> np.ndarray:
+    """``a`` rounded to bfloat16, as float32: the values a bfloat16 argument holds."""
+    return a.astype(BF16).astype(np.float32)
+
+
+@pytest.mark.parametrize("logits_dtype", [np.float32, np.float64, BF16])
+@pytest.mark.parametrize("argument", ["weight", "class prior", "sample prior", "targets"])
+def test_bfloat16_weights_priors_and_targets_are_their_float32_values(logits_dtype, argument):
+    """They were refused as "must be a real floating or integer array; got dtype
+    bfloat16". Accepted now, as Liger-Kernel accepts bfloat16 class weights: the result
+    is that of the same values in float32, to the bit."""
+    rng = np.random.default_rng(3)
+    N, K = 12, 8
+    z = rng.standard_normal((N, K)).astype(logits_dtype)
+    y = rng.integers(0, K, N)
+    # Dyadic priors sum to 1 exactly in bfloat16, so float32 accepts the same values.
+    dyadic = np.array([8, 4, 4, 2, 2, 1, 1, 10]) / 32
+    given = {
+        "weight": {"weight": rng.random(K) * 3},
+        "class prior": {"prior": dyadic},
+        "sample prior": {"prior": np.array([rng.permutation(dyadic) for _ in range(N)])},
+        "targets": {"labels": rng.dirichlet(np.ones(K), size=N)},
+    }[argument]
+    as_bf16 = {k: v.astype(BF16) for k, v in given.items()}
+    as_f32 = {k: _same_values(v) for k, v in given.items()}
+    for f in (smoothce.cross_entropy, smoothce.cross_entropy_with_grad):
+        for reduction in ("mean", "none"):
+            got = f(**{"logits": z, "labels": y, "epsilon": 0.1, **as_bf16}, reduction=reduction)
+            want = f(**{"logits": z, "labels": y, "epsilon": 0.1, **as_f32}, reduction=reduction)
+            got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+            for g, w in zip(got, want, strict=True):
+                assert np.asarray(g).dtype == np.asarray(w).dtype
+                np.testing.assert_array_equal(g, w)
+
+
+def test_bfloat16_weights_and_priors_in_the_linear_head_and_smooth_labels():
+    rng = np.random.default_rng(4)
+    h, W, y = rng.standard_normal((10, 4)), rng.standard_normal((6, 4)), rng.integers(0, 6, 10)
+    weight, prior = rng.random(6), np.array([8, 8, 4, 4, 4, 4]) / 32
+    got = smoothce.linear_cross_entropy(
+        h, W, y, 0.2, weight=weight.astype(BF16), prior=prior.astype(BF16)
+    )
+    want = smoothce.linear_cross_entropy(
+        h, W, y, 0.2, weight=_same_values(weight), prior=_same_values(prior)
+    )
+    assert got == want
+    targets = rng.dirichlet(np.ones(6), size=3)
+    np.testing.assert_array_equal(
+        smoothce.smooth_labels(targets.astype(BF16), 6, 0.1, prior=prior.astype(BF16)),
+        smoothce.smooth_labels(_same_values(targets), 6, 0.1, prior=_same_values(prior)),
+    )
+
+
+@pytest.mark.parametrize("K", [3, 1000, 2048])
+def test_bfloat16_priors_are_held_to_bfloat16_rounding(K):
+    """A normalised prior rounded to bfloat16 passes (its sum may be off by about 2**-8
+    per level of the normalisation's sum, far beyond float32's tolerance); one summing
+    to 1.1 is refused, the message naming bfloat16."""
+    rng = np.random.default_rng(K)
+    u = rng.exponential(size=K) ** 4
+    u = (u / u.sum()).astype(BF16)
+    smoothce.cross_entropy(np.zeros((1, K), np.float32), [0], 0.1, prior=u)
+    off = np.full(K, 1.1 / K).astype(BF16)
+    with pytest.raises(ValueError, match=rf"the rounding of {K} bfloat16 values\); got a sum"):
+        smoothce.cross_entropy(np.zeros((1, K), np.float32), [0], 0.1, prior=off)
+
+
+def test_bfloat16_targets_must_still_be_probabilities():
+    t = np.full((2, 3), 1 / 3)
+    t[1, 2] = -0.5
+    with pytest.raises(ValueError, match=r"labels must be non-negative and finite .*-0\.5"):
+        smoothce.cross_entropy(np.zeros((2, 3)), t.astype(BF16))
+    with pytest.raises(TypeError, match=r"labels must be integer class indices for metrics"):
+        smoothce.metrics.evaluate(np.zeros((2, 3)), np.full((2, 3), 1 / 3).astype(BF16))

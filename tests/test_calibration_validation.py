@@ -39,11 +39,27 @@ def test_ignore_index_is_validated_like_the_loss(fn, bad):
     )
 
 
+def _same(a, b):
+    """Equal to the bit: floats, arrays, tuples of arrays or BinCounts."""
+    if isinstance(a, BinCounts):
+        a, b = (a.count, a.confidence, a.correct, a.undefined), (
+            b.count, b.confidence, b.correct, b.undefined,
+        )  # fmt: skip
+    np.testing.assert_equal(a, b)
+
+
 @pytest.mark.parametrize("fn", CALIBRATION)
 def test_integer_ignore_index_of_any_integer_type_still_works(fn):
+    """Ignoring row 1 (of every integer type) gives the result of row 0 alone."""
+    z = np.array([[2.0, 0.0, -1.0], [0.0, 0.0, 5.0]])
     y = np.array([0, -100])
+    alone = fn(z[:1], y[:1], n_bins=4)
+    with_both = fn(z, np.array([0, 2]), n_bins=4)
     for ignore in (-100, np.int8(-100), np.int64(-100)):
-        fn(Z, y, ignore_index=ignore)
+        got = fn(z, y, ignore_index=ignore, n_bins=4)
+        _same(got, alone)
+        with pytest.raises(AssertionError):  # row 1 would change it: it was left out
+            _same(got, with_both)
 
 
 @pytest.mark.parametrize("fn", CALIBRATION)

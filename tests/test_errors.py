@@ -262,3 +262,36 @@ def test_messages_end_with_the_value_received():
     with pytest.raises(ValueError, match="epsilon") as info:
         smoothce.cross_entropy(Z, Y, 3)
     assert re.search(r"got epsilon=3\.0\.$", str(info.value))
+
+
+HINT = (
+    "labels must be class indices in [0, 3); got labels[1] = -100. -100 is PyTorch's "
+    "default ignore_index; smoothce ignores no label by default: pass ignore_index=-100 "
+    "to leave these elements out."
+)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda y: smoothce.cross_entropy(Z, y),
+        lambda y: smoothce.cross_entropy_with_grad(Z.astype(np.float32), y, 0.1),
+        lambda y: smoothce.metrics.evaluate(Z, y),
+        lambda y: smoothce.calibration.expected_calibration_error(Z, y),
+        lambda y: smoothce.linear_cross_entropy(np.ones((2, 4)), np.ones((3, 4)), y),
+    ],
+)
+def test_a_label_of_minus_100_without_ignore_index_names_pytorchs_default(call):
+    """Issue 16, item 7: a PyTorch user's padding got "got labels[5] = -100." with no
+    hint that ignore_index=-100 is what they meant."""
+    with pytest.raises(ValueError, match=f"^{re.escape(HINT)}$"):
+        call(np.array([0, -100]))
+
+
+def test_the_minus_100_hint_only_where_it_is_the_answer():
+    plain = "labels must be class indices in [0, 3); got labels[1] = -99."
+    _raises(ValueError, f"^{re.escape(plain)}$", Z, [0, -99])
+    with_ignore = "in [0, 3) or ignore_index=-1; got labels[1] = -100."
+    _raises(ValueError, f"{re.escape(with_ignore)}$", Z, [0, -100], ignore_index=-1)
+    # smooth_labels takes no ignore_index: the hint would point at nothing.
+    _raises(ValueError, r"got labels\[0\] = -100\.$", [-100], 3, fn=smoothce.smooth_labels)

@@ -157,3 +157,48 @@ def test_float16_file_gives_the_float64_smoothed_loss_of_its_values(tmp_path):
     got = json.loads(out.stdout)["smoothed_loss"]
     truth = float(smoothce.cross_entropy(z.astype(np.float64), y, 0.1))
     assert abs(got - truth) <= 2e-6 * truth
+
+
+@pytest.mark.parametrize(
+    ("logits_shape", "axis", "prior_shape"),
+    [
+        ((3000, 7), -1, (3000, 7)),  # one distribution per row, cut like the logits
+        ((3000, 7), -1, (1, 7)),  # the same for every row: broadcast, never cut
+        ((400, 6, 3), 1, (400, 6, 3)),  # classes in the middle: cut along axis 0
+        ((400, 6, 3), 1, (6, 3)),  # broadcast along the chunked axis
+    ],
+)
+def test_per_sample_prior_is_read_in_chunks_with_the_librarys_values(
+    tmp_path, monkeypatch, logits_shape, axis, prior_shape
+):
+    """A per-sample prior failed past the first chunk ("broadcastable to (83886, 50);
+    got shape (90000, 50)"): it is cut chunk for chunk with the logits. The report is
+    ``metrics.evaluate``'s to the bit (each row's values depend on that row alone and
+    the sums are exact), the library's own chunks spanning several too."""
+    from smoothce import metrics
+
+    rng = np.random.default_rng(6)
+    z = rng.standard_normal(logits_shape, dtype=np.float32) * 2
+    ax = axis % len(logits_shape)
+    K = logits_shape[ax]
+    y = rng.integers(0, K, logits_shape[:ax] + logits_shape[ax + 1 :])
+    y.reshape(-1)[::11] = -100
+    u = rng.random(prior_shape) + 0.05
+    u /= u.sum(axis=ax - (z.ndim - u.ndim), keepdims=True)  # the classes' axis in u
+    for name, a in (("z", z), ("y", y), ("u", u)):
+        np.save(tmp_path / f"{name}.npy", a)
+    out = _run(tmp_path / "z.npy", tmp_path / "y.npy", "--prior", tmp_path / "u.npy",
+               "--axis", axis, "--ignore-index", -100, "--epsilon", 0.3, "--json",
+               "--chunk-elements", 40 * K * (3 if len(logits_shape) == 3 else 1))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    monkeypatch.setattr(metrics, "CHUNK_ELEMENTS", z.size // 7)  # several chunks here too
+    m = metrics.evaluate(z, y, 0.3, axis=axis, prior=u, ignore_index=-100, top_k=1)
+    assert report["smoothed_loss"] == m.loss
+    assert report["nll"] == m.nll
+    assert report["perplexity"] == m.perplexity
+    assert report["accuracy"] == m.accuracy
+    assert report["ece"] == m.ece
+    assert report["counted"] == m.counted
+    # The prior reaches the loss: a uniform one gives another value.
+    assert m.loss != metrics.evaluate(z, y, 0.3, axis=axis, ignore_index=-100).loss

@@ -397,3 +397,93 @@ def test_label_position_is_shifted_along_the_chunked_axis_only(tmp_path):
         _run(tmp_path / "z.npy", tmp_path / "y.npy", "--axis", 1, "--chunk-elements", 30),
         r"got labels\[33, 2\] = 5\.$",
     )
+
+
+# -- inputs read in chunks: messages in the files' terms, never a chunk's --------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunk"), [((40_000, 200), None), ((4000, 20), 2000)], ids=["default", "small"]
+)
+def test_float_labels_name_the_file_and_its_shape_not_a_chunks(tmp_path, shape, chunk):
+    # A 40,000-row file with float labels was refused as "must have the shape of logits
+    # (20971, 200)": the shape of the first chunk, not of the file.
+    rng = np.random.default_rng(4)
+    np.save(tmp_path / "z.npy", rng.standard_normal(shape, dtype=np.float32))
+    np.save(tmp_path / "yf.npy", rng.random(shape[0]))
+    extra = [] if chunk is None else ["--chunk-elements", chunk]
+    n, k = shape
+    err = _assert_one_line_error(
+        _run(tmp_path / "z.npy", tmp_path / "yf.npy", *extra),
+        rf"labels must be integer class indices of shape \({n},\) \(the shape of the "
+        rf"logits, \({n}, {k}\), without the class axis 1\); '.*yf\.npy' holds float64 values of "
+        rf"shape \({n},\)\.$",
+    )
+    assert f"({n}, {k})" in err  # the file's shape, and no other
+    assert not re.search(rf"\((?!{n}\b)\d+, {k}\)", err), err
+
+
+@pytest.mark.parametrize("chunk", [None, 500])
+def test_logits_without_classes_name_the_file_and_its_shape(tmp_path, chunk):
+    # With chunks of 500 elements this was "got shape (500, 0)": a chunk's shape.
+    np.save(tmp_path / "z.npy", np.zeros((1000, 0), np.float32))
+    np.save(tmp_path / "y.npy", np.zeros(1000, np.int64))
+    extra = [] if chunk is None else ["--chunk-elements", chunk]
+    _assert_one_line_error(
+        _run(tmp_path / "z.npy", tmp_path / "y.npy", *extra),
+        r"^error: logits must have at least one class along axis 1; '.*z\.npy' has shape "
+        r"\(1000, 0\)\.$",
+    )
+
+
+def test_labels_that_are_not_numbers_name_the_file(tmp_path):
+    np.save(tmp_path / "z.npy", np.zeros((30, 4), np.float32))
+    np.save(tmp_path / "yb.npy", np.zeros(30, bool))
+    _assert_one_line_error(
+        _run(tmp_path / "z.npy", tmp_path / "yb.npy"),
+        r"labels must be integer class indices of shape \(30,\) .*; '.*yb\.npy' holds bool "
+        r"values of shape \(30,\)\.$",
+    )
+
+
+def _prior_files(tmp_path: Path, n: int = 3000, k: int = 7) -> tuple[Path, Path, np.ndarray]:
+    rng = np.random.default_rng(5)
+    np.save(tmp_path / "z.npy", rng.standard_normal((n, k), dtype=np.float32))
+    np.save(tmp_path / "y.npy", rng.integers(0, k, n))
+    u = rng.random((n, k)) + 0.1
+    return tmp_path / "z.npy", tmp_path / "y.npy", u / u.sum(axis=1, keepdims=True)
+
+
+def test_prior_of_a_wrong_shape_names_the_file_and_its_shape(tmp_path):
+    z, y, u = _prior_files(tmp_path)
+    np.save(tmp_path / "u.npy", u[:-1])
+    _assert_one_line_error(
+        _run(z, y, "--prior", tmp_path / "u.npy", "--chunk-elements", 700),
+        r"prior must have shape \(7,\), one value per class, or the shape of the logits, "
+        r"\(3000, 7\), one distribution per row \(or a shape that broadcasts to it\); "
+        r"'.*u\.npy' has shape \(2999, 7\)\.$",
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "pattern"),
+    [
+        (
+            lambda u: u.__setitem__((2500, 3), -0.25),
+            r"prior must be non-negative and finite; got prior\[2500, 3\] = -0\.25\.$",
+        ),
+        (
+            lambda u: u.__setitem__(2600, 0.25),
+            r"prior must sum to 1 along the class axis .*; got a sum of 1\.75 at batch "
+            r"position \[2600\]\.$",
+        ),
+    ],
+    ids=["negative", "sum"],
+)
+@pytest.mark.parametrize("chunk", [None, 700])
+def test_bad_prior_values_are_named_in_file_coordinates(tmp_path, edit, pattern, chunk):
+    z, y, u = _prior_files(tmp_path)
+    edit(u)
+    np.save(tmp_path / "u.npy", u)
+    extra = [] if chunk is None else ["--chunk-elements", chunk]
+    _assert_one_line_error(_run(z, y, "--prior", tmp_path / "u.npy", *extra), pattern)

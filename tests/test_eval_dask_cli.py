@@ -8,12 +8,16 @@ subprocess has a time limit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -307,7 +311,8 @@ def test_missing_extra_says_how_to_install_it(data, capsys, monkeypatch, module)
     extra = ["--dask-workers", 2] if module == "distributed" else []
     _one_line_error(
         *_main(capsys, data / "z32.zarr", data / "y.zarr", *extra),
-        rf"'{module}' is not installed: pip install 'smoothce\[dask\]'$",
+        rf"'{module}' is not installed: pip install \"smoothce\[dask\]\", or pip install "
+        r'-e "\.\[dask\]" in a checkout$',
     )
 
 
@@ -327,6 +332,147 @@ def test_unreachable_scheduler_is_a_one_line_error(data, capsys):
             *_main(capsys, data / "z32.npy", data / "y.npy", "--scheduler", "tcp://127.0.0.1:9"),
             r"cannot connect to the Dask scheduler at 'tcp://127\.0\.0\.1:9': ",
         )
+
+
+@pytest.mark.parametrize(
+    "address", ["bogus://x", "tcp://host:notaport", "tls://127.0.0.1:1"],
+    ids=["unknown scheme", "no port", "tls without a context"],
+)  # fmt: skip
+def test_a_bad_scheduler_address_exits_at_once_with_one_line(data, address):
+    """``--scheduler bogus://x`` printed the right line, then hung 60 s and printed
+    ``Exception ignored in Client.__del__ ... TimeoutError``: distributed leaves the
+    half-built Client to be closed at exit, when its event loop has stopped. The bound
+    is generous (the fix takes about a second), not a timing."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "smoothce", "eval", str(data / "z32.npy"),
+             str(data / "y.npy"), "--ignore-index", "-100", "--scheduler", address],
+            capture_output=True, text=True, check=False, timeout=30,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"still running after 30 s; stderr so far: {exc.stderr!r}") from None
+    assert "Exception ignored" not in out.stderr
+    assert "Traceback" not in out.stderr
+    _one_line_error(
+        out.returncode, out.stdout, out.stderr,
+        rf"^error: cannot connect to the Dask scheduler at '{re.escape(address)}': \S",
+    )  # fmt: skip
+
+
+# -- a per-sample prior, read in blocks like the logits --------------------------------------
+def test_per_sample_prior_gives_one_report_on_every_path_and_stays_out_of_the_graph(
+    tmp_path, capsys, monkeypatch, scheduler
+):
+    """A per-sample prior (N, K) failed on the memmap path past one chunk and travelled
+    inside the graph on a cluster (34 MiB, and distributed's warning). It is read in
+    blocks like the logits: the memmap path, the threaded scheduler, a LocalCluster
+    (with the prior as .npy, Zarr or shards) and ``metrics.evaluate`` in memory agree
+    to the bit, and the graph stays far below a threshold the prior exceeds."""
+    from smoothce import metrics
+
+    n, k = 12_000, 50
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal((n, k), dtype=np.float32) * 2
+    y = rng.integers(0, k, n)
+    y[::13] = -100
+    u = rng.random((n, k)) + 0.05
+    u /= u.sum(axis=1, keepdims=True)  # float64: 4.8 MB
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "u.npy", u)
+    _zarr(tmp_path / "u.zarr", u, (1000, k))
+    _zarr(tmp_path / "z.zarr", z, (500, k))
+    _shards(tmp_path / "us", u, [5000, 5100])
+    chunk = ["--chunk-elements", 500 * k]  # 24 blocks
+    common = ("--json", "--epsilon", 0.3, "--ignore-index", -100, *chunk)
+
+    def report(*args: object) -> dict[str, object]:
+        status, out, err = _main(capsys, *args, *common)
+        assert status == 0, err
+        assert err == ""
+        got: dict[str, object] = json.loads(out)
+        return got
+
+    monkeypatch.setattr(metrics, "CHUNK_ELEMENTS", 2000 * k)  # several chunks there too
+    m = metrics.evaluate(z, y, 0.3, prior=u, ignore_index=-100, top_k=1)
+    ref = report(tmp_path / "z.npy", tmp_path / "y.npy", "--prior", tmp_path / "u.npy")
+    fields = ("smoothed_loss", "nll", "perplexity", "accuracy", "ece", "counted")
+    assert [ref[f] for f in fields] == [m.loss, m.nll, m.perplexity, m.accuracy, m.ece, m.counted]
+    # Above it, distributed warns of a large graph (an error here, as every warning).
+    with (
+        dask.config.set({"distributed.admin.large-graph-warning-threshold": "1MB"}),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("error")
+        for logits, prior, extra in (
+            ("z.npy", "u.npy", ["--scheduler", scheduler]),
+            ("z.npy", "u.zarr", ["--scheduler", scheduler]),
+            ("z.zarr", "us", ["--scheduler", scheduler]),
+            ("z.zarr", "u.npy", []),  # the threaded scheduler
+            ("z.npy", "u.zarr", []),  # a Zarr prior alone takes the Dask path
+        ):
+            got = report(tmp_path / logits, tmp_path / "y.npy", "--prior", tmp_path / prior,
+                         *extra)  # fmt: skip
+            _same(got, ref)
+    uniform = report(tmp_path / "z.npy", tmp_path / "y.npy")
+    assert uniform["smoothed_loss"] != ref["smoothed_loss"]  # the prior reached the loss
+
+
+@pytest.mark.parametrize(
+    ("edit", "pattern"),
+    [
+        (
+            lambda u: u.__setitem__((700, 3), -0.25),
+            r"prior must be non-negative and finite; got prior\[700, 3\] = -0\.25\.$",
+        ),
+        (
+            lambda u: u.__setitem__(800, 0.25),
+            r"prior must sum to 1 along the class axis .*; got a sum of 1\.75 at batch "
+            r"position \[800\]\.$",
+        ),
+    ],
+    ids=["negative", "sum"],
+)
+def test_bad_prior_values_give_the_memmap_message(tmp_path, capsys, data, where, edit, pattern):
+    u = np.full((N, K), 1 / K)
+    edit(u)
+    np.save(tmp_path / "u.npy", u)
+    args = (data / "y.npy", "--prior", tmp_path / "u.npy", "--ignore-index", -100)
+    ref = _one_line_error(*_main(capsys, data / "z32.npy", *args, *CHUNK), pattern)
+    for logits, extra in (("z32.zarr", where), ("z32.npy", where)):
+        if logits == "z32.npy" and not where:
+            continue  # .npy without a Dask option is the memmap path itself
+        err = _one_line_error(*_main(capsys, data / logits, *args, *extra), pattern)
+        assert _message(err) == _message(ref)
+
+
+def test_prior_of_a_wrong_shape_gives_the_memmap_message(tmp_path, capsys, data):
+    np.save(tmp_path / "u.npy", np.full((N, K + 1), 1 / (K + 1)))
+    pattern = (
+        rf"prior must have shape \({K},\), one value per class, or the shape of the "
+        rf"logits, \({N}, {K}\), .*; '.*u\.npy' has shape \({N}, {K + 1}\)\.$"
+    )
+    args = (data / "y.npy", "--prior", tmp_path / "u.npy")
+    ref = _one_line_error(*_main(capsys, data / "z32.npy", *args), pattern)
+    err = _one_line_error(*_main(capsys, data / "z32.zarr", *args), pattern)
+    assert _message(err) == _message(ref)
+
+
+def test_float_labels_name_the_file_and_its_shape_on_every_path(tmp_path, capsys, data, where):
+    yf = np.random.default_rng(8).random(N)
+    np.save(tmp_path / "yf.npy", yf)
+    _zarr(tmp_path / "yf.zarr", yf, (100,))
+    pattern = (
+        rf"labels must be integer class indices of shape \({N},\) \(the shape of the "
+        rf"logits, \({N}, {K}\), without the class axis 1\); '.*yf\.(npy|zarr)' holds float64 "
+        rf"values of shape \({N},\)\.$"
+    )
+    ref = _one_line_error(*_main(capsys, data / "z32.npy", tmp_path / "yf.npy", *CHUNK), pattern)
+    for logits, labels in (("z32.zarr", "yf.zarr"), ("z32.npy", "yf.npy")):
+        err = _one_line_error(
+            *_main(capsys, data / logits, tmp_path / labels, *CHUNK, *where), pattern
+        )
+        assert _message(err) == _message(ref)
 
 
 # -- the core stays NumPy-only ------------------------------------------------------------
@@ -413,17 +559,125 @@ def test_local_cluster_is_closed_on_interrupt_and_errors(
     assert client.closed
 
 
-def test_ctrl_c_is_ignored_only_while_the_local_cluster_starts():
-    """Workers spawned meanwhile inherit the ignored SIGINT: a Ctrl-C in the terminal
-    (sent to the whole process group) then stops only the command, which closes them."""
-    import signal
-
-    from smoothce._eval_dask import _sigint_ignored
+def test_sigint_is_held_back_while_the_local_cluster_starts_then_raised():
+    """Inside the block SIGINT is blocked (the workers spawned meanwhile inherit the
+    mask) and recorded, not raised inside distributed's start; after it, a recorded
+    SIGINT is a KeyboardInterrupt, and the handler and mask are as before."""
+    from smoothce._eval_dask import _sigint_deferred
 
     before = signal.getsignal(signal.SIGINT)
-    with _sigint_ignored():
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    inside: list[set[int]] = []
+
+    def start_a_cluster() -> None:  # interrupted while it starts
+        with _sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            inside.append(signal.pthread_sigmask(signal.SIG_BLOCK, set()))
+
+    with pytest.raises(KeyboardInterrupt):
+        start_a_cluster()
+    assert len(inside) == 1  # the block ran to its end: not interrupted inside
+    assert signal.SIGINT in inside[0]  # blocked there, and the signal still kept
     assert signal.getsignal(signal.SIGINT) is before
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == mask
+    with _sigint_deferred():  # nothing sent: nothing raised
+        pass
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_sigint_already_ignored_stays_ignored():
+    """A background job (SIGINT ignored by its shell) keeps ignoring it, and so do
+    the workers it spawns."""
+    from smoothce._eval_dask import _sigint_deferred
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _sigint_deferred():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+_INTERRUPTING_DRIVER = """
+import os, signal, sys
+
+
+def main():
+    import distributed
+    from smoothce import _cli
+
+    when, target = sys.argv[1], sys.argv[2]
+    start = distributed.LocalCluster
+
+    def interrupt():  # Ctrl-C in a terminal reaches the whole process group
+        if target == "group":
+            os.killpg(0, signal.SIGINT)
+        else:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def interrupted_local_cluster(*args, **kwargs):
+        # A real cluster, with a real SIGINT before it starts its workers or once
+        # they are up: either way while the command is starting it.
+        if when == "before":
+            interrupt()
+        cluster = start(*args, **kwargs)
+        if when == "after":
+            interrupt()
+        return cluster
+
+    distributed.LocalCluster = interrupted_local_cluster
+    return _cli.main(["eval", *sys.argv[3:]])
+
+
+if __name__ == "__main__":  # the workers import this module too
+    sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("when", "target"),
+    [("before", "process"), ("before", "group"), ("after", "group")],
+    ids=["before the workers, to the command", "before the workers, to the group",
+         "after the workers, to the group"],
+)  # fmt: skip
+def test_ctrl_c_while_the_local_cluster_starts_stops_with_130(data, tmp_path, when, target):
+    """Ctrl-C while --dask-workers started its cluster was dropped (SIGINT ignored
+    meanwhile): the run went on to the end and exited 0. It stops with 130 and one
+    line, as it does a second later; the workers, which got the Ctrl-C too when it went
+    to the group, neither print a traceback nor outlive the command."""
+    driver = tmp_path / "interrupt_eval.py"
+    driver.write_text(_INTERRUPTING_DRIVER)
+    args = [data / "z32.npy", data / "y.npy", "--ignore-index", -100, "--dask-workers", 2]
+    proc = subprocess.Popen(
+        [sys.executable, str(driver), when, target, *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group (id: its pid), for the SIGINT
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert (proc.returncode, out, err) == (130, "", "error: interrupted\n")
+    # The cluster was closed: no worker is left (a generous bound, not a timing).
+    deadline = time.monotonic() + 30
+    while (alive := _processes_in_group(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive
+
+
+def _processes_in_group(group: int) -> list[int]:
+    """The live processes (zombies aside) of the process group ``group``."""
+    import psutil
+
+    alive = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(p.pid) == group and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p.pid)
+    return alive
 
 
 # -- a directory of .npy shards --------------------------------------------------------------
@@ -495,6 +749,7 @@ def test_help_names_the_dask_options_and_inputs(capsys):
         _cli.main(["eval", "--help"])
     text = capsys.readouterr().out
     for word in ("--scheduler ADDRESS", "--dask-workers N", "Zarr array", "shard_*.npy",
-                 "pip install 'smoothce[dask]'", "--scheduler tcp://host:8786"):  # fmt: skip
+                 'pip install "smoothce[dask]", or', 'pip install -e ".[dask]" in a checkout',
+                 "--scheduler tcp://host:8786"):  # fmt: skip
         assert word in text, word
     assert max(map(len, text.splitlines())) <= 100  # wrapped, not one long line

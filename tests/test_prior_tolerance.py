@@ -16,11 +16,21 @@ DTYPES = [np.float16, np.float32, np.float64]
 SIZES = [1, 2, 3, 10, 1000, 4097, 2**16, 2**20]
 
 
+def _accepted_and_used_as_given(u: np.ndarray) -> None:
+    """``u`` passes validation and is the prior of the targets as it is: neither
+    renormalised nor replaced, its values (in float64) times epsilon."""
+    K = len(u)
+    q = smoothce.smooth_labels([0], K, 0.1, prior=u)
+    want = np.multiply(u, 0.1, dtype=np.float64)  # dense_targets' float64 arithmetic
+    want[0] += 0.9
+    np.testing.assert_array_equal(q[0], want)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("K", SIZES)
 def test_uniform_priors_rounded_to_any_dtype_are_accepted(dtype, K):
     u = np.full(K, 1.0 / K, dtype=dtype)
-    smoothce.smooth_labels([0], K, 0.1, prior=u, dtype=np.float32)  # no error
+    _accepted_and_used_as_given(u)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -29,7 +39,20 @@ def test_normalised_random_priors_rounded_to_any_dtype_are_accepted(dtype, K):
     rng = np.random.default_rng(K)
     u = rng.exponential(size=K) ** 4  # spread over many binades, subnormals in float16
     u = (u / u.sum()).astype(dtype)
-    smoothce.smooth_labels([0], K, 0.1, prior=u, dtype=np.float32)
+    _accepted_and_used_as_given(u)
+
+
+def test_the_accepted_priors_do_not_sum_to_one():
+    """The two tests above exercise the tolerance: their priors' float64 sums miss 1 by
+    more than float64's own rounding, and a tolerance of that rounding would refuse
+    them."""
+    u16 = np.full(1000, 1 / 1000, dtype=np.float16)
+    rng = np.random.default_rng(1000)
+    r = rng.exponential(size=1000) ** 4
+    r32 = (r / r.sum()).astype(np.float32)
+    for u in (u16, r32):
+        miss = abs(u.sum(dtype=np.float64) - 1.0)
+        assert miss > prior_sum_tolerance(np.dtype(np.float64), 1000), miss
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,14 @@
-"""asv benchmarks: smoothce against the naive NumPy code, the exp floor and PyTorch.
+"""asv benchmarks: smoothce against the naive NumPy code, NumPy's exp and PyTorch.
 
-Every class is parametrised over dtype and the (N, K) shapes of the performance
-issue; ``asv compare`` between the ``Loss`` methods and the ``Baselines`` methods of
-one run gives the ratios (x floor, x naive, x PyTorch). Arrays are made in ``setup``
-with a fixed seed; output buffers are preallocated and touched so that page faults
-are not timed.
+Every class is parametrised over dtype, the (N, K) shapes of the performance issues
+and the distribution of the logits (``smoothce._bench_logits``: standard normals and
+a trained classifier's; ``python -m smoothce bench --logits`` and
+``benchmarks/small_calls.py`` time the wide and offset ones too, which would double a
+run here); ``asv compare`` between the ``Loss`` methods and the
+``Baselines`` methods of one run gives the ratios (x NumPy's exp, x naive,
+x PyTorch), and between two values of ``logits`` what a distribution costs. Arrays
+are drawn in ``setup`` with a fixed seed; output buffers are preallocated and touched
+so that page faults are not timed.
 """
 
 import numpy as np
@@ -26,158 +30,166 @@ except ImportError:  # commits before naive_loss existed: the same code, loss on
 
 
 try:
+    from smoothce._bench_logits import draw_logits
+except ImportError:  # commits before the distributions existed: nothing to time
+    draw_logits = None
+
+try:
     import torch
 except ImportError:  # PyTorch is optional: its benchmarks are skipped
     torch = None
 
 SHAPES = [(256, 10), (8192, 1000), (65536, 100), (4096, 32000), (1024, 128000), (1, 10_000_000)]
 DTYPES = ["float32", "float64"]
+#: The distributions: standard normals and a trained classifier's.
+LOGITS = ["normal", "trained"]
 
 
-def _arrays(dtype, shape):
-    n, k = shape
-    rng = np.random.default_rng(0)
-    logits = rng.standard_normal(shape).astype(dtype)
-    labels = rng.integers(0, k, size=n)
-    return logits, labels
+def _arrays(dtype, shape, logits):
+    if draw_logits is None:
+        raise NotImplementedError("smoothce._bench_logits does not exist at this commit")
+    return draw_logits(logits, shape, dtype)
 
 
 class Loss:
     """smoothce: forward, gradient, and both, with one thread and with all cores."""
 
-    params = (DTYPES, SHAPES, [1, -1])
-    param_names = ["dtype", "shape", "workers"]
+    params = (DTYPES, SHAPES, [1, -1], LOGITS)
+    param_names = ["dtype", "shape", "workers", "logits"]
     timeout = 600
 
-    def setup(self, dtype, shape, workers):
-        self.logits, self.labels = _arrays(dtype, shape)
+    def setup(self, dtype, shape, workers, logits):
+        self.logits, self.labels = _arrays(dtype, shape, logits)
         self.out = np.empty_like(self.logits)
         self.out.fill(0.0)
 
-    def time_loss(self, dtype, shape, workers):
+    def time_loss(self, dtype, shape, workers, logits):
         smoothce.cross_entropy(self.logits, self.labels, 0.1, workers=workers)
 
-    def time_grad(self, dtype, shape, workers):
+    def time_grad(self, dtype, shape, workers, logits):
         smoothce.cross_entropy_grad(self.logits, self.labels, 0.1, workers=workers)
 
-    def time_loss_and_grad(self, dtype, shape, workers):
+    def time_loss_and_grad(self, dtype, shape, workers, logits):
         smoothce.cross_entropy_with_grad(
             self.logits, self.labels, 0.1, workers=workers, out=self.out
         )
 
-    def peakmem_loss(self, dtype, shape, workers):
+    def peakmem_loss(self, dtype, shape, workers, logits):
         smoothce.cross_entropy(self.logits, self.labels, 0.1, workers=workers)
 
-    def peakmem_loss_and_grad(self, dtype, shape, workers):
+    def peakmem_loss_and_grad(self, dtype, shape, workers, logits):
         smoothce.cross_entropy_with_grad(self.logits, self.labels, 0.1, workers=workers)
 
 
 class Baselines:
-    """The reference points: one exp over the logits, and the naive NumPy code."""
+    """The reference points: NumPy's exp over the logits (``time_exp_floor``, named
+    before it was called what it is), and the naive NumPy code."""
 
-    params = (DTYPES, SHAPES)
-    param_names = ["dtype", "shape"]
+    params = (DTYPES, SHAPES, LOGITS)
+    param_names = ["dtype", "shape", "logits"]
     timeout = 600
 
-    def setup(self, dtype, shape):
-        self.logits, self.labels = _arrays(dtype, shape)
+    def setup(self, dtype, shape, logits):
+        self.logits, self.labels = _arrays(dtype, shape, logits)
         self.buf = np.empty_like(self.logits)
         self.buf.fill(0.0)
 
-    def time_exp_floor(self, dtype, shape):
+    def time_exp_floor(self, dtype, shape, logits):
         exp_floor(self.logits, self.buf)
 
-    def time_naive_loss_and_grad(self, dtype, shape):
+    def time_naive_loss_and_grad(self, dtype, shape, logits):
         naive_loss_and_grad(self.logits, self.labels, 0.1)
 
-    def peakmem_exp_floor(self, dtype, shape):
+    def peakmem_exp_floor(self, dtype, shape, logits):
         exp_floor(self.logits, self.buf)
 
-    def peakmem_naive_loss_and_grad(self, dtype, shape):
+    def peakmem_naive_loss_and_grad(self, dtype, shape, logits):
         naive_loss_and_grad(self.logits, self.labels, 0.1)
 
 
 class Torch:
     """PyTorch's F.cross_entropy(label_smoothing=0.1) on the CPU, when installed."""
 
-    params = (DTYPES, SHAPES, [1, 2])
-    param_names = ["dtype", "shape", "threads"]
+    params = (DTYPES, SHAPES, [1, 2], LOGITS)
+    param_names = ["dtype", "shape", "threads", "logits"]
     timeout = 600
 
-    def setup(self, dtype, shape, threads):
+    def setup(self, dtype, shape, threads, logits):
         if torch is None:
             raise NotImplementedError("PyTorch is not installed")
-        logits, labels = _arrays(dtype, shape)
+        z, labels = _arrays(dtype, shape, logits)
         torch.set_num_threads(threads)
-        self.z = torch.from_numpy(logits).requires_grad_(True)
+        self.z = torch.from_numpy(z).requires_grad_(True)
         self.y = torch.from_numpy(labels)
 
-    def time_forward(self, dtype, shape, threads):
+    def time_forward(self, dtype, shape, threads, logits):
         with torch.no_grad():
             torch.nn.functional.cross_entropy(self.z, self.y, label_smoothing=0.1)
 
-    def time_forward_backward(self, dtype, shape, threads):
+    def time_forward_backward(self, dtype, shape, threads, logits):
         self.z.grad = None
         loss = torch.nn.functional.cross_entropy(self.z, self.y, label_smoothing=0.1)
         loss.backward()
 
 
-SMALL_SHAPES = [(32, 10), (128, 10), (256, 10), (256, 100), (1024, 100)]
+#: The training-loop shapes of issue 15's targets.
+SMALL_SHAPES = [(32, 10), (128, 10), (256, 10), (256, 100), (1024, 100), (4096, 100), (1024, 1000)]
 
 
 class SmallCall:
-    """Per-call overhead at training-loop batch sizes, where argument checking and
-    Python frames would dominate: smoothce with the default ``workers`` and ``out=``
-    preallocated, against the naive NumPy code on the same arrays."""
+    """Training-loop batch sizes, where argument checking and Python frames would
+    dominate on standard normals and a second pass over the rows may on other logits:
+    smoothce with the default ``workers`` and ``out=`` preallocated, against the naive
+    NumPy code on the same arrays."""
 
-    params = [SMALL_SHAPES]
-    param_names = ["shape"]
+    params = (SMALL_SHAPES, LOGITS)
+    param_names = ["shape", "logits"]
     sample_time = 0.02  # each sample times enough calls to last 20 ms
 
-    def setup(self, shape):
-        self.logits, self.labels = _arrays("float32", shape)
+    def setup(self, shape, logits):
+        self.logits, self.labels = _arrays("float32", shape, logits)
         self.out = np.empty_like(self.logits)
         self.out.fill(0.0)
         self.weight = np.linspace(0.5, 2.0, shape[1], dtype=np.float32)
 
-    def time_loss(self, shape):
+    def time_loss(self, shape, logits):
         smoothce.cross_entropy(self.logits, self.labels, 0.1)
 
-    def time_loss_and_grad(self, shape):
+    def time_loss_and_grad(self, shape, logits):
         smoothce.cross_entropy_with_grad(self.logits, self.labels, 0.1, out=self.out)
 
-    def time_loss_and_grad_weighted(self, shape):
+    def time_loss_and_grad_weighted(self, shape, logits):
         smoothce.cross_entropy_with_grad(
             self.logits, self.labels, 0.1, weight=self.weight, out=self.out
         )
 
-    def time_naive_loss(self, shape):
+    def time_naive_loss(self, shape, logits):
         naive_loss(self.logits, self.labels, 0.1)
 
-    def time_naive_loss_and_grad(self, shape):
+    def time_naive_loss_and_grad(self, shape, logits):
         naive_loss_and_grad(self.logits, self.labels, 0.1)
 
 
 class SmallCallTorch:
     """PyTorch's forward+backward at the small shapes, one thread (set in ``setup``)."""
 
-    params = [SMALL_SHAPES]
-    param_names = ["shape"]
+    params = (SMALL_SHAPES, LOGITS)
+    param_names = ["shape", "logits"]
     sample_time = 0.02
 
-    def setup(self, shape):
+    def setup(self, shape, logits):
         if torch is None:
             raise NotImplementedError("PyTorch is not installed")
-        logits, labels = _arrays("float32", shape)
+        z, labels = _arrays("float32", shape, logits)
         torch.set_num_threads(1)
-        self.z = torch.from_numpy(logits).requires_grad_(True)
+        self.z = torch.from_numpy(z).requires_grad_(True)
         self.y = torch.from_numpy(labels)
 
-    def time_forward(self, shape):
+    def time_forward(self, shape, logits):
         with torch.no_grad():
             torch.nn.functional.cross_entropy(self.z, self.y, label_smoothing=0.1)
 
-    def time_forward_backward(self, shape):
+    def time_forward_backward(self, shape, logits):
         self.z.grad = None
         loss = torch.nn.functional.cross_entropy(self.z, self.y, label_smoothing=0.1)
         loss.backward()

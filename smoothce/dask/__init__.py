@@ -58,8 +58,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from exc
 
 from .. import metrics as _metrics
+from .._bins import check_bins
 from .._scaling import loss_unit
-from ..calibration import _check_bins
 from ._blocks import accumulate_block, finish_loss, grad_pair, loss_sums, none_block
 from ._build import Graph
 from ._setup import Setup
@@ -289,7 +289,7 @@ def evaluate(
     st = Setup(
         logits, labels, epsilon, axis=axis, reduction="mean", prior=prior,
         weight=weight, ignore_index=ignore_index, num_classes=None, workers=workers,
-        top_k=_metrics._check_top_k(top_k), n_bins=_check_bins(n_bins), metrics=True,
+        top_k=_metrics._check_top_k(top_k), n_bins=check_bins(n_bins), metrics=True,
     )  # fmt: skip
     graph = Graph(st, "evaluate")
     return graph.delayed("evaluate", graph.reduce(accumulate_block, _result))
