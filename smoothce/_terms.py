@@ -105,6 +105,7 @@ def label_denominator(
 
 
 _PRIORS = {False: Prior("uniform"), True: Prior("others")}
+_ALL = slice(None)
 
 
 @functools.lru_cache(maxsize=64)
@@ -176,7 +177,7 @@ class Block:
         blk = cls.__new__(cls)
         blk.K, blk.n, blk.counted, blk.t, blk.u = K, labels.shape[0], counted, None, None
         blk.labels = blk.label_cols = labels
-        blk.label_rows = slice(None)
+        blk.label_rows = _ALL
         blk.flat_labels = _row_offsets(blk.n, K) + labels
         return blk
 
