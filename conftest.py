@@ -3,4 +3,4 @@
 import importlib.util
 
 if importlib.util.find_spec("dask") is None or importlib.util.find_spec("distributed") is None:
-    collect_ignore = ["smoothce/dask.py"]
+    collect_ignore = ["smoothce/dask"]

@@ -37,7 +37,7 @@ def main() -> None:
 
     import smoothce.dask
     from smoothce import metrics
-    from smoothce._stable import BLOCK_ELEMENTS
+    from smoothce._engine import BLOCK_ELEMENTS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=262144)

@@ -2,6 +2,7 @@
 
 import re
 from importlib.metadata import version as _version
+from pathlib import Path
 
 project = "smoothce"
 author = "the smoothce developers"
@@ -46,9 +47,16 @@ html_theme_options = {
         "generated_examples/plot_performance": [],
     },
 }
-# Pages without sub-pages get the full width (the semantics table needs it); so do the
-# two executed examples, whose printed tables and figures need it too.
-html_sidebars = {p: [] for p in ("getting_started", "mathematics", "semantics", "internals")}
+# Pages without sub-pages have nothing to show in the "Section Navigation" column: they
+# get the full width instead (the semantics table needs it), and so do the executed
+# examples, whose printed tables and figures need it too. Found by reading the pages, so
+# that a new page cannot be forgotten here.
+_here = Path(__file__).parent
+html_sidebars = {
+    page.stem: []
+    for page in sorted(_here.glob("*.rst"))
+    if ".. toctree::" not in (text := page.read_text(encoding="utf-8")) and ":toctree:" not in text
+}
 html_sidebars["generated_examples/*"] = []
 html_static_path = ["_static"]
 html_css_files = ["smoothce.css"]

@@ -6,58 +6,27 @@ module, every computation waits a bounded time, and it is torn down at the end.
 
 from __future__ import annotations
 
-import logging
 import math
-import warnings
 
 import numpy as np
 import pytest
 
 da = pytest.importorskip("dask.array")
-distributed = pytest.importorskip("distributed")
+pytest.importorskip("distributed")
 
 import dask  # noqa: E402
+from cluster import local_cluster, on  # noqa: E402
 
 import smoothce  # noqa: E402
 import smoothce.dask as sdask  # noqa: E402
 from smoothce import metrics  # noqa: E402
 from smoothce._engine import BLOCK_ELEMENTS  # noqa: E402
 
-TIMEOUT = 120  # seconds for any one computation on the cluster
-
-
-def _cluster(memory_limit: str) -> tuple[object, object]:
-    with warnings.catch_warnings():
-        # distributed may warn about its own environment (ports, resource limits);
-        # that is not what these tests check.
-        warnings.simplefilter("ignore")
-        cluster = distributed.LocalCluster(
-            n_workers=2,
-            processes=True,
-            threads_per_worker=1,
-            memory_limit=memory_limit,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
-        client = distributed.Client(cluster, set_as_default=False, timeout=TIMEOUT)
-    return cluster, client
-
 
 @pytest.fixture(scope="module")
 def client():
-    cluster, client = _cluster("1GiB")
-    yield client
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        client.close()
-        cluster.close()
-
-
-def on(client, *collections):
-    """Compute on the cluster, waiting at most TIMEOUT seconds."""
-    futures = client.compute(list(collections))
-    results = [f.result(timeout=TIMEOUT) for f in futures]
-    return results[0] if len(results) == 1 else results
+    with local_cluster() as c:
+        yield c
 
 
 def _data(n, K, dtype=np.float64, seed=0, ignore=()):
@@ -157,14 +126,16 @@ def test_process_scheduler():
 
 
 def test_with_grad_runs_the_engine_once_per_block(monkeypatch):
+    from smoothce.dask import _blocks
+
     calls = []
-    original = sdask._grad_block
+    original = _blocks.run
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(sdask, "_grad_block", counting)
+    monkeypatch.setattr(_blocks, "run", counting)
     z, y = _data(100, 8)
     loss, grad = sdask.cross_entropy_with_grad(da.from_array(z, chunks=(25, 8)), y, 0.1)
     dask.compute(loss, grad, scheduler="sync")
@@ -280,8 +251,7 @@ def test_zarr_array_larger_than_the_cluster_memory(tmp_path):
     no_compression = (
         {"compressors": None} if int(zarr.__version__.split(".")[0]) >= 3 else {"compressor": None}
     )
-    cluster, client = _cluster("192MiB")
-    try:
+    with local_cluster("192MiB") as client:
         on(client, da.to_zarr(z, str(tmp_path / "z.zarr"), compute=False, **no_compression))
         on(client, da.to_zarr(y, str(tmp_path / "y.zarr"), compute=False))
         zd = da.from_zarr(str(tmp_path / "z.zarr"))
@@ -289,11 +259,6 @@ def test_zarr_array_larger_than_the_cluster_memory(tmp_path):
         limit = sum(w["memory_limit"] for w in client.scheduler_info()["workers"].values())
         assert zd.nbytes > limit
         got = on(client, sdask.evaluate(zd, yd, 0.1))
-    finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            client.close()
-            cluster.close()
     z_mem, y_mem = logits(np, np.arange(n * K)), (np.arange(n) * 7919) % K
     assert got == metrics.evaluate(z_mem, y_mem, 0.1)
     assert not math.isnan(got.nll)

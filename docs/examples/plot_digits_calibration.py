@@ -113,24 +113,34 @@ print_table(f"Small network, clean labels, {len(seeds)} seeds:", small_eps, smal
 # %%
 # Reliability diagrams of the first seed: accuracy against confidence in ten bins.
 # A calibrated model follows the diagonal; bars below it are over-confident, above
-# it under-confident.
-fig, axes = plt.subplots(1, len(small_eps), figsize=(12, 3.4), sharey=True)
-for ax, eps in zip(axes, small_eps, strict=True):
+# it under-confident. The number over each bar is how many test images fall in its
+# bin: a bar over a handful of images says little.
+fig, axes = plt.subplots(2, 2, figsize=(10, 8.8), sharex=True, sharey=True)
+for ax, eps in zip(axes.flat, small_eps, strict=True):
     logits = small_logits[eps][0]
     accuracy, nll, ece, _ = metrics(logits, y_test)
     conf, acc, count, edges = reliability_curve(logits, y_test, n_bins=10)
     centres = (edges[:-1] + edges[1:]) / 2
     filled = count > 0
-    ax.bar(centres[filled], acc[filled], width=0.1, edgecolor="black", label="accuracy")
+    label = "accuracy (over it: images in the bin)"
+    ax.bar(centres[filled], acc[filled], width=0.1, edgecolor="black", label=label)
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="calibrated")
-    ax.plot(conf[filled], acc[filled], "o", color="tab:red", markersize=3, label="bin mean")
-    ax.set_title(f"epsilon = {eps}\nECE {ece:.3f}, NLL {nll:.3f}")
-    ax.set_xlabel("confidence")
+    ax.plot(conf[filled], acc[filled], "o", color="tab:red", markersize=4, label="mean confidence")
+    for x, a, n in zip(centres[filled], acc[filled], count[filled], strict=True):
+        ax.annotate(
+            f"{n}", (x, a), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=9
+        )
+    ax.set_title(f"epsilon = {eps}: ECE {ece:.3f}, NLL {nll:.3f}", fontsize=10)
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-axes[0].set_ylabel("accuracy")
-axes[0].legend(loc="upper left", fontsize=8)
-fig.tight_layout()
+    ax.set_ylim(0, 1.12)  # room for the counts over full bars
+    ax.set_yticks(np.linspace(0, 1, 6))
+for ax in axes[1]:
+    ax.set_xlabel("confidence")
+for ax in axes[:, 0]:
+    ax.set_ylabel("accuracy")
+# One legend for the four panels, under them, where it covers no bar.
+fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=3, frameon=False)
+fig.tight_layout(rect=(0, 0.05, 1, 1))
 plt.show()
 
 # %%
