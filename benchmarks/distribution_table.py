@@ -5,8 +5,8 @@ and an older one (``PYTHONPATH=/path/to/old/checkout``); the logits always come 
 this checkout's ``smoothce/_bench_logits.py`` (normal, wide, trained, offset), loaded by
 path. One thread everywhere (BLAS, smoothce's ``workers``, PyTorch). Candidates are
 interleaved round by round; each sample times enough calls to last ``--sample-ms``;
-a ratio is the ratio of two medians measured in the same rounds, with the spread of
-the per-round ratios (q1-q3) beside it.
+a ratio is the median of the per-round ratios of two candidates measured in the same
+rounds, with their quartiles (q1-q3) beside it.
 
     python benchmarks/distribution_table.py [--rounds 9] [--sample-ms 40] \
         [--parts small,large,other]
@@ -77,9 +77,10 @@ def measure(
 
 
 def ratio(times: dict[str, list[float]], a: str, b: str) -> str:
+    """The median and quartiles of the per-round ratios of ``a``'s time to ``b``'s."""
     per_round = np.array(times[a]) / np.array(times[b])
-    q1, q3 = np.percentile(per_round, [25, 75])
-    return f"{np.median(times[a]) / np.median(times[b]):.2f}x ({q1:.2f}-{q3:.2f})"
+    q1, med, q3 = np.percentile(per_round, [25, 50, 75])
+    return f"{med:.2f}x ({q1:.2f}-{q3:.2f})"
 
 
 def small(lg: Any, smoothce: Any, args: argparse.Namespace) -> None:

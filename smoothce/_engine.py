@@ -82,6 +82,7 @@ def run(
     want_loss: bool,
     grad: np.ndarray | None = None,
     loss_rows: np.ndarray | None = None,
+    z_rows: np.ndarray | None = None,
     workers: Any = None,
     observe: BlockObserver | None = None,
     observe_streamed: StreamObserver | None = None,
@@ -102,6 +103,9 @@ def run(
     loss_rows : ndarray of shape ``p.batch_shape``, or None
         Destination of the per-element losses (``unit * (W log S - T) + z_loss
         lse**2``); when None, the losses are summed instead.
+    z_rows : ndarray of shape ``p.batch_shape``, or None
+        With ``loss_rows``: the z-loss rows go here instead of into ``loss_rows``
+        (a caller reducing the two over different denominators, :mod:`smoothce.dask`).
     workers : int or None
         Threads, as in :func:`smoothce._parallel.resolve_workers`.
     observe, observe_streamed : callable or None
@@ -114,19 +118,34 @@ def run(
         ``(0.0, 0.0)`` when the rows go to ``loss_rows`` or nothing is summed.
     """
     plan = Plan.of(p, scaling, want_loss, grad is not None)
+    out = _Rows(loss_rows, z_rows, scaling.unit)
     if p.num_classes > BLOCK_ELEMENTS:
-        return _streamed(p, plan, scaling, grad, loss_rows, workers, observe_streamed)
-    return _rows(p, plan, scaling, grad, loss_rows, workers, observe)
+        return _streamed(p, plan, grad, out, workers, observe_streamed)
+    return _rows(p, plan, grad, out, workers, observe)
 
 
-def _store(loss_rows: np.ndarray, key: Any, losses: np.ndarray, z_rows: Any, unit: float) -> None:
-    """``loss_rows[key] = unit * losses + z_rows``; beyond the dtype's range: inf."""
-    if unit != 1.0:
-        losses *= unit
-    if z_rows is not None:
-        losses += z_rows
-    dst = loss_rows[key]
-    dst[...] = losses.reshape(dst.shape)
+class _Rows:
+    """Where a call's per-element losses go (see :func:`run`)."""
+
+    __slots__ = ("loss", "unit", "z")
+
+    def __init__(self, loss: np.ndarray | None, z: np.ndarray | None, unit: float) -> None:
+        self.loss, self.z, self.unit = loss, z, unit
+
+    def store(self, key: Any, losses: np.ndarray, z_rows: Any) -> None:
+        """``loss[key] = unit * losses`` (``+ z_rows``, unless they have their own
+        array); beyond the dtype's range: inf."""
+        assert self.loss is not None
+        if self.unit != 1.0:
+            losses *= self.unit
+        if z_rows is not None:
+            if self.z is not None:
+                z_dst = self.z[key]
+                z_dst[...] = z_rows.reshape(z_dst.shape)
+            else:
+                losses += z_rows
+        dst = self.loss[key]
+        dst[...] = losses.reshape(dst.shape)
 
 
 def _store_grad(dst: np.ndarray, src: np.ndarray, scratch: list[np.ndarray]) -> None:
@@ -144,9 +163,8 @@ def _store_grad(dst: np.ndarray, src: np.ndarray, scratch: list[np.ndarray]) -> 
 def _rows(
     p: Problem,
     plan: Plan,
-    scaling: Scaling,
     g_moved: np.ndarray | None,
-    loss_rows: np.ndarray | None,
+    out: _Rows,
     workers: Any,
     observe: BlockObserver | None,
 ) -> tuple[float, float]:
@@ -203,8 +221,8 @@ def _rows(
                     obs = _bind(observe, key)
                 losses, z_rows = run_block(plan, z2, ws, Block(p, key, 0, K), x_all, obs)
                 if losses is not None:
-                    if loss_rows is not None:
-                        _store(loss_rows, key, losses, z_rows, scaling.unit)
+                    if out.loss is not None:
+                        out.store(key, losses, z_rows)
                     else:
                         # float64 partial sums: a float32 sum beyond 3.4e38 would
                         # overflow the block.
@@ -215,7 +233,7 @@ def _rows(
                     _store_grad(g_blk, ws, store_scratch)
 
     run_ranges(len(keys), n, work)
-    if loss_rows is not None or not plan.want_loss:
+    if out.loss is not None or not plan.want_loss:
         return 0.0, 0.0
     if len(partial) == 1:
         return float(partial[0]), float(z_partial[0])
@@ -232,9 +250,8 @@ def _bind(observe: BlockObserver, key: Any) -> Callable[[np.ndarray, np.ndarray,
 def _streamed(
     p: Problem,
     plan: Plan,
-    scaling: Scaling,
     g_moved: np.ndarray | None,
-    loss_rows: np.ndarray | None,
+    out: _Rows,
     workers: Any,
     observe_streamed: StreamObserver | None,
 ) -> tuple[float, float]:
@@ -281,8 +298,8 @@ def _streamed(
                 counted = None if p.counted is None else p.counted[key].reshape(-1)
                 rows = finish_losses(loss[r : r + 1], counted)
                 z_r = None if z_rows is None else z_rows[r : r + 1]
-                if loss_rows is not None:
-                    _store(loss_rows, key, rows, z_r, scaling.unit)
+                if out.loss is not None:
+                    out.store(key, rows, z_r)
                 else:
                     partial.append(float(rows[0]))
     if g_moved is not None:
@@ -307,7 +324,7 @@ def _streamed(
                     _store_grad(grad[keys[r]].reshape(-1, K)[:, k0:k1], buf, store_scratch)
 
         run_ranges(len(keys) * nw, n, second_pass)
-    if loss_rows is not None or not plan.want_loss:
+    if out.loss is not None or not plan.want_loss:
         return 0.0, 0.0
     z_total = exact_sum(z_rows) if z_rows is not None else 0.0
     return exact_sum(partial), z_total

@@ -36,6 +36,7 @@ __all__ = ["lean_call"]
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
+_INTP = np.dtype(np.intp)
 _REDUCTIONS = ("mean", "sum", "none")
 # Weights the general path converts to float64 and uses as given (check_weight's
 # `weight_scale == 1` range); anything else is validated and rescaled there.
@@ -105,7 +106,7 @@ def lean_call(
     if logits.ndim != 2 or labels.ndim != 1 or not logits.flags.c_contiguous:
         return None
     dtype = logits.dtype
-    if dtype != _F32 and dtype != _F64:  # also rejects non-native byte order
+    if dtype.char not in "fd" or not dtype.isnative:  # a char test: dtype == costs more
         return None
     N, K = logits.shape
     if N == 0 or K == 0 or N * K > _engine.BLOCK_ELEMENTS or labels.shape[0] != N:
@@ -159,7 +160,7 @@ def lean_call(
             return None
     elif ignore_index is None and not labels_in_range(y, K):
         return None
-    if y.dtype != np.intp:  # uint64 + the int64 row offsets would give float64
+    if y.dtype is not _INTP:  # uint64 + the int64 row offsets would give float64
         y = y.astype(np.intp)
     # -- evaluate: the engine's block, set up directly ---------------------------------
     ws = out if want_grad and out is not None else np.empty((N, K), dtype=dtype)

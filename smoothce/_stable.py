@@ -77,9 +77,8 @@ def is_view_of(view: np.ndarray, base: np.ndarray) -> bool:
     return view.size == 0 or np.may_share_memory(view, base)
 
 
-def row_sums(x: np.ndarray, scale: float | None = None) -> np.ndarray:
-    """Sums along axis 1 of a 2-D array, fast and accurate (float64 result), times
-    ``scale`` when given (in float64: the same bits as multiplying the result after).
+def row_sums(x: np.ndarray) -> np.ndarray:
+    """Sums along axis 1 of a 2-D array, fast and accurate (float64 result).
 
     Each row's sum depends on that row alone, never on how many rows share the call:
     a row's loss is the same in any batch, chunk or block (so Dask's chunkings and the
@@ -97,9 +96,6 @@ def row_sums(x: np.ndarray, scale: float | None = None) -> np.ndarray:
             raw = c_einsum("ij->i", x)
         else:
             raw = c_einsum("ij->i", x, dtype=np.promote_types(x.dtype, np.float32))
-        if scale is not None:  # widened and scaled in one pass
-            scaled: np.ndarray = np.multiply(raw, scale, dtype=np.float64)
-            return scaled
         sums: np.ndarray = raw.astype(np.float64, copy=False)
         return sums
     acc = np.promote_types(x.dtype, np.float32)
@@ -109,8 +105,6 @@ def row_sums(x: np.ndarray, scale: float | None = None) -> np.ndarray:
     total: np.ndarray = parts.sum(axis=1, dtype=np.float64)
     if whole < k:
         total += np.einsum("ij->i", x[:, whole:], dtype=acc)
-    if scale is not None:
-        total *= scale
     return total
 
 

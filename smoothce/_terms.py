@@ -105,6 +105,7 @@ def label_denominator(
 
 
 _PRIORS = {False: Prior("uniform"), True: Prior("others")}
+_ALL = slice(None)
 
 
 @functools.lru_cache(maxsize=64)
@@ -176,7 +177,7 @@ class Block:
         blk = cls.__new__(cls)
         blk.K, blk.n, blk.counted, blk.t, blk.u = K, labels.shape[0], counted, None, None
         blk.labels = blk.label_cols = labels
-        blk.label_rows = slice(None)
+        blk.label_rows = _ALL
         blk.flat_labels = _row_offsets(blk.n, K) + labels
         return blk
 
@@ -323,8 +324,8 @@ class Terms:
     def _at_label(self, x: np.ndarray, blk: Block) -> np.ndarray:
         """``x`` at the labels that lie in the window (a flat gather for whole rows:
         a ``take`` costs a third of 2-D fancy indexing)."""
-        if blk.flat_labels is not None:
-            result: np.ndarray = x.reshape(-1).take(blk.flat_labels)
+        if blk.flat_labels is not None:  # take() indexes C-contiguous x as flat
+            result: np.ndarray = x.take(blk.flat_labels)
             return result
         rows, cols = blk.label_positions()
         result = x[rows, cols]
@@ -363,7 +364,8 @@ class Terms:
             term = eps * (_dot64("ik,ik->i", u, x) if w is None else _dot64("ik,k,ik->i", u, w, x))
         elif self.p_vec is None:
             assert self.p_const is not None
-            term = row_sums(x, eps * self.p_const)
+            term = row_sums(x)
+            term *= eps * self.p_const
         else:
             term = eps * _dot64("ik,k->i", x, self.p_vec)
         if self.others:

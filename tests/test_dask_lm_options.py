@@ -166,3 +166,24 @@ def test_bad_z_loss_and_softcap_are_refused_when_the_graph_is_built(option, mess
         with pytest.raises(expected.type) as got:
             func(da.from_array(z, chunks=(5, K)), y, **option)
         assert str(got.value) == message
+
+
+def test_a_reduced_loss_with_z_loss_and_its_gradient_take_one_engine_pass_per_block(
+    monkeypatch,
+):
+    # The engine added the z-loss rows to the loss rows it stored, which have another
+    # denominator, so smoothce.dask ran a second pass per block to keep them apart.
+    # run(..., z_rows=) now keeps them apart in the one pass.
+    calls = []
+    real = _engine._rows
+    monkeypatch.setattr(_engine, "_rows", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((40, 7))
+    y = rng.integers(0, 7, 40)
+    zd, yd = da.from_array(z, chunks=(10, 7)), da.from_array(y, chunks=10)
+    loss, grad = sdask.cross_entropy_with_grad(zd, yd, 0.1, z_loss=1e-3)
+    got_loss, got_grad = dask.compute(loss, grad, scheduler="sync")
+    assert len(calls) == 4  # one per block
+    expected = smoothce.cross_entropy_with_grad(z, y, 0.1, z_loss=1e-3)
+    np.testing.assert_allclose(got_loss, expected[0], rtol=1e-12)
+    np.testing.assert_allclose(got_grad, expected[1], rtol=1e-12, atol=1e-15)

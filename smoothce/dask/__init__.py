@@ -217,8 +217,8 @@ def cross_entropy_with_grad(
     """:func:`smoothce.cross_entropy_with_grad` of Dask arrays, lazily.
 
     Both results come from one engine pass per block when computed together,
-    ``dask.compute(loss, grad)`` (two with ``z_loss`` and a reduced loss, whose
-    z-loss terms have their own denominator).
+    ``dask.compute(loss, grad)``; with ``z_loss`` the pass keeps the z-loss rows apart
+    from the cross-entropy rows, since the two have different denominators.
 
     Parameters
     ----------

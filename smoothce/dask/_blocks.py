@@ -22,7 +22,6 @@ import numpy as np
 from .. import metrics as _metrics
 from .._engine import run
 from .._exact import ExactSum, exact_sums
-from .._kernel import Plan, z_terms
 from .._loss import cross_entropy as _np_cross_entropy
 from .._loss import cross_entropy_grad as _np_cross_entropy_grad
 from .._loss import cross_entropy_with_grad as _np_cross_entropy_with_grad
@@ -144,39 +143,17 @@ class LossSums:
         return LossSums(self.loss + other.loss, self.z + other.z, self.den + other.den)
 
 
-def _loss_rows(p: Problem, s: Settings) -> tuple[np.ndarray, np.ndarray | None]:
-    """One engine pass: each element's cross-entropy in engine units (float64, batch
-    shape) and, with a z-loss, its ``z_loss lse**2`` apart (the two have different
-    denominators).
-
-    The engine adds the z-loss rows to the loss rows it stores, so they are kept apart
-    by running it without its z-loss and forming them from the row sums it reports to
-    its observers, with its own function (:func:`smoothce._kernel.z_terms`): the same
-    bits as its rows.
-    """
+def _loss_rows(
+    p: Problem, s: Settings, scaling: Scaling, grad: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One engine pass (writing the gradient into ``grad`` when given): each element's
+    cross-entropy in engine units (float64, batch shape) and, with a z-loss, its
+    ``z_loss lse**2`` apart, for the two have different denominators."""
     rows = np.zeros(p.batch_shape, dtype=np.float64)
-    if s.z_loss == 0.0:
-        run(p, Scaling(unit=1.0), want_loss=True, loss_rows=rows, workers=s.workers)
-        return rows, None
-    plan = Plan.of(p, Scaling.of(p, "sum"), want_loss=False, want_grad=False)
-    z_rows = np.zeros(p.batch_shape, dtype=np.float64)
-    counted = p.counted
-
-    def observe(key: Any, z2: np.ndarray, S: np.ndarray, ref: Any, logs: Any) -> None:
-        mask = None if counted is None else counted[key].reshape(-1)
-        found, _ = z_terms(plan, S, ref, mask, True, False)
-        assert found is not None
-        z_rows[key] = found.reshape(z_rows[key].shape)
-
-    def observe_streamed(m: np.ndarray, S: np.ndarray) -> None:
-        mask = None if counted is None else counted.reshape(-1)
-        found, _ = z_terms(plan, S, m, mask, True, False)
-        assert found is not None
-        z_rows.reshape(-1)[...] = found
-
+    z_rows = None if s.z_loss == 0.0 else np.zeros(p.batch_shape, dtype=np.float64)
     run(
-        p, Scaling(unit=1.0), want_loss=True, loss_rows=rows, workers=s.workers,
-        observe=observe, observe_streamed=observe_streamed,
+        p, replace(scaling, unit=1.0), want_loss=True, grad=grad, loss_rows=rows,
+        z_rows=z_rows, workers=s.workers,
     )  # fmt: skip
     return rows, z_rows
 
@@ -194,7 +171,7 @@ def _denominators(p: Problem) -> Denominators:
 def loss_sums(s: Settings, gate: Gate | None, z: np.ndarray, y: np.ndarray, u: Any) -> LossSums:
     """The exact sums of one block for ``"sum"``/``"mean"``."""
     p = s.problem(z, y, u)
-    rows, z_rows = _loss_rows(p, s)
+    rows, z_rows = _loss_rows(p, s, Scaling.of(p, "sum"))
     return _sums(p, rows, z_rows)
 
 
@@ -256,18 +233,8 @@ def grad_pair(
     if not s.want_loss:
         run(p, scaling, want_loss=False, grad=g_moved, workers=s.workers)
         return None, grad
-    if s.z_loss != 0.0:
-        # The engine would add the z-loss rows to the loss rows, which have another
-        # denominator: a second pass keeps them apart (see _loss_rows).
-        run(p, scaling, want_loss=False, grad=g_moved, workers=s.workers)
-        rows, z_rows = _loss_rows(p, s)
-        return _sums(p, rows, z_rows), grad
-    rows = np.zeros(p.batch_shape, dtype=np.float64)
-    run(
-        p, replace(scaling, unit=1.0), want_loss=True, grad=g_moved, loss_rows=rows,
-        workers=s.workers,
-    )  # fmt: skip
-    return _sums(p, rows, None), grad
+    rows, z_rows = _loss_rows(p, s, scaling, g_moved)
+    return _sums(p, rows, z_rows), grad
 
 
 def accumulate_block(
