@@ -198,8 +198,14 @@ centres = (np.arange(m.n_bins) + 0.5) / m.n_bins
 accuracy_in_bin = bins.correct[filled] / bins.count[filled]
 confidence_in_bin = bins.confidence[filled] / bins.count[filled]
 fig, ax = plt.subplots(figsize=(5, 4))
-ax.bar(centres[filled], accuracy_in_bin, width=1 / m.n_bins, edgecolor="black", alpha=0.7,
-       label="fraction correct")
+ax.bar(
+    centres[filled],
+    accuracy_in_bin,
+    width=1 / m.n_bins,
+    edgecolor="black",
+    alpha=0.7,
+    label="fraction correct",
+)
 ax.plot(centres[filled], confidence_in_bin, "o", color="C1", label="mean confidence")
 ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
 ax.set_xlabel("confidence of the top class (bin)")
@@ -227,7 +233,9 @@ def materialised_metrics():
 m_mat, mat_eval_peak = peak(materialised_metrics)
 print(f"{len(y_all):,} positions, the peak memory of their metrics:")
 print(f"  from hidden states      {fused_eval_peak / 2**20:4.0f} MiB")
-print(f"  from the logits         {mat_eval_peak / 2**20:4.0f} MiB ({logits_mib:.0f} MiB of logits)")
+print(
+    f"  from the logits         {mat_eval_peak / 2**20:4.0f} MiB ({logits_mib:.0f} MiB of logits)"
+)
 print(f"perplexity {m_all.perplexity:.4f} and {m_mat.perplexity:.4f}")
 
 # %%

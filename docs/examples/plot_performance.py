@@ -177,8 +177,12 @@ NOISE, MISSING = "#dddddd", "#4d4d4d"
 TICKS = ["8x slower", "4x slower", "2x slower", "same", "2x faster", "4x faster", "8x faster"]
 HATCH = {"noise": "..", "missing": "xx"}
 KEY = [
-    Patch(facecolor=NOISE, hatch="..", edgecolor="#a0a0a0", label="~  within noise (the q1-q3 "
-          "ranges overlap)"),
+    Patch(
+        facecolor=NOISE,
+        hatch="..",
+        edgecolor="#a0a0a0",
+        label="~  within noise (the q1-q3 ranges overlap)",
+    ),
     Patch(facecolor=MISSING, hatch="xx", edgecolor="#a0a0a0", label="not measured"),
 ]
 
@@ -212,8 +216,15 @@ def draw(ax, values, kinds, labels):
         for j in range(len(ks)):
             if kinds[i, j] in HATCH:  # patterned, so that neither reads as a colour
                 ax.add_patch(
-                    plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
-                                  hatch=HATCH[kinds[i, j]], edgecolor="#a0a0a0", linewidth=0)
+                    plt.Rectangle(
+                        (j - 0.5, i - 0.5),
+                        1,
+                        1,
+                        fill=False,
+                        hatch=HATCH[kinds[i, j]],
+                        edgecolor="#a0a0a0",
+                        linewidth=0,
+                    )
                 )
             if kinds[i, j] == "missing":
                 continue
@@ -237,8 +248,13 @@ def samples(name, shape, key):
 ours = "smoothce fwd+grad w1"
 against = [("naive fwd+grad", "naive NumPy"), ("torch fwd+bwd t1", "PyTorch, 1 thread")]
 fig, axes = plt.subplots(
-    len(names), 2, figsize=(9, 2.7 * len(names) + 1.2), sharex=True, sharey=True,
-    squeeze=False, layout="constrained",
+    len(names),
+    2,
+    figsize=(9, 2.7 * len(names) + 1.2),
+    sharex=True,
+    sharey=True,
+    squeeze=False,
+    layout="constrained",
 )
 for row, name in zip(axes, names, strict=True):
     for ax, (theirs, title) in zip(row, against, strict=True):
@@ -269,7 +285,11 @@ plt.show()
 others = [name for name in names if name != "normal"]
 if "normal" in names and others:
     fig, axes = plt.subplots(
-        1, len(others), figsize=(3.4 * len(others) + 1.5, 3.9), sharey=True, squeeze=False,
+        1,
+        len(others),
+        figsize=(3.4 * len(others) + 1.5, 3.9),
+        sharey=True,
+        squeeze=False,
         layout="constrained",
     )
     for ax, name in zip(axes[0], others, strict=True):
@@ -285,6 +305,8 @@ if "normal" in names and others:
     bar.set_ticks(range(-3, 4), labels=TICKS)
     bar.set_label("time on standard normals / on these")
     fig.legend(handles=KEY, loc="outside lower center", ncol=2, fontsize=9)
-    fig.suptitle("smoothce forward+gradient, float32, one thread: each kind of logits "
-                 "against standard normals")
+    fig.suptitle(
+        "smoothce forward+gradient, float32, one thread: each kind of logits "
+        "against standard normals"
+    )
     plt.show()
