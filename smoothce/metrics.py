@@ -19,10 +19,11 @@ One pass per chunk
 ------------------
 Each chunk is read by the loss engine (:func:`smoothce.cross_entropy`'s) once. The
 engine computes every row's (smoothed, weighted) loss from its sum of exponentials
-:math:`S_i` in shifted coordinates, and hands each block, while it is in cache, to
-the metrics: they take the log-sum-exp :math:`\operatorname{lse}(z_i) = \log S_i +
-c_i` from the engine's own sums, and the top class, the row maximum :math:`m_i` and
-the label logit from one more read of the block. Everything else follows in float64
+:math:`S_i` relative to the row's reference :math:`c_i`, and hands each block, while
+it is in cache, to the metrics: they take the log-sum-exp
+:math:`\operatorname{lse}(z_i) = \log S_i + c_i` from the engine's own sums, and the
+top class, the row maximum :math:`m_i` and the label logit from one more read of the
+block. Everything else follows in float64
 without another exponential, in the engine's coordinates (so that the logits' offset
 is never rounded into the result): the NLL :math:`\ell_i = \operatorname{lse}(z_i) -
 z_{i,y_i} = \log S_i - \log e_{i,y_i}`, with the label's own exponential
@@ -539,7 +540,7 @@ def _accumulate_problem(p: Problem, top_k: int, n_bins: int, workers: Any = None
 
     One engine pass gives the (smoothed, weighted) loss and the log-sum-exp of every
     row; the NLL is ``lse - z_y`` and the confidence ``exp(max - lse)``, formed in
-    float64 from the same values in shifted coordinates (:func:`_nll_rows`), so
+    float64 from the same values, relative to each row's reference (:func:`_nll_rows`), so
     nothing is exponentiated twice.
     """
     return _accumulator_of(p, _one_pass(p, top_k, workers), top_k, n_bins)
