@@ -1,8 +1,10 @@
 """Throughput of smoothce.metrics.evaluate on one machine and on a Dask cluster.
 
-    python benchmarks/scale_throughput.py [--rows 262144] [--classes 1000] [--repeats 5]
+    python benchmarks/scale_throughput.py [--rows 262144] [--classes 1000] [--repeats 5] \
+        [--logits trained]
 
-Writes float32 logits (and labels) once, as an uncompressed .npy file and as a Zarr
+Writes float32 logits of one of ``smoothce._bench_logits``' distributions (and their
+labels) once, as an uncompressed .npy file and as a Zarr
 array whose chunks are whole engine blocks, then times, interleaved, ``repeats``
 times each:
 
@@ -30,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from smoothce._bench_logits import NAMES
+
 
 def main() -> None:
     import dask.array as da
@@ -37,6 +41,7 @@ def main() -> None:
 
     import smoothce.dask
     from smoothce import metrics
+    from smoothce._bench_logits import draw_logits
     from smoothce._engine import BLOCK_ELEMENTS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -44,6 +49,7 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temporary one)")
+    ap.add_argument("--logits", default="trained", choices=NAMES)
     args = ap.parse_args()
     n, K = args.rows, args.classes
     block = BLOCK_ELEMENTS // K
@@ -52,11 +58,11 @@ def main() -> None:
     try:
         rng = np.random.default_rng(0)
         z = np.lib.format.open_memmap(scratch / "z.npy", "w+", np.float32, (n, K))
+        y = np.empty(n, dtype=np.int64)
         for lo in range(0, n, rows):
             hi = min(n, lo + rows)
-            z[lo:hi] = rng.standard_normal((hi - lo, K), dtype=np.float32) * 3
+            z[lo:hi], y[lo:hi] = draw_logits(args.logits, (hi - lo, K), "float32", seed=rng)
         z.flush()
-        y = rng.integers(0, K, n)
         zd = da.from_array(np.load(scratch / "z.npy", mmap_mode="r"), chunks=(rows, K))
         kw = {"compressors": None}
         zd.to_zarr(str(scratch / "z.zarr"), **kw)
@@ -106,8 +112,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 f()
                 times[name].append(time.perf_counter() - t0)
-        print(f"{n} x {K} float32 logits ({n * K * 4 / 2**30:.2f} GiB), chunks of {rows} rows, "
-              f"{args.repeats} interleaved runs; logits per second:")  # fmt: skip
+        print(f"{n} x {K} float32 {args.logits} logits ({n * K * 4 / 2**30:.2f} GiB), "
+              f"chunks of {rows} rows, {args.repeats} interleaved runs; "
+              "logits per second:")  # fmt: skip
         for name, ts in times.items():
             rates = sorted(n * K / t for t in ts)
             print(f"  {name:<22} median {statistics.median(rates) / 1e6:7.1f} M/s  "

@@ -723,7 +723,12 @@ def measure_linear_head(
     candidate here): :func:`smoothce.linear_cross_entropy_with_grad`, which never
     builds the (n, v) logits; the unfused head (``hidden @ classifier.T + bias``,
     :func:`smoothce.cross_entropy_with_grad` in place, then the two products and the
-    bias sum); and the three matrix products alone. The head's arrays come from
+    bias sum); and the three matrix products alone. With :mod:`threadpoolctl` and
+    more than one core, the fused head as a user calls it (default ``workers``: the
+    engine on one thread between the products) and the unfused head again with BLAS
+    on every core, so that the bench shows what threading the products does to each
+    (the limit is set inside the timed call: under a millisecond, against seconds of
+    products). The head's arrays come from
     :func:`smoothce._bench_logits.draw_linear_head`: the classifier scaled so that
     the logits have each distribution's spread. Each Measurement's shape is ``(n, v)``
     and its "logits" the (n, v) array the unfused head allocates; ``logit_stats``
@@ -741,6 +746,11 @@ def measure_linear_head(
     names = _names(logits)
     dt = np.dtype(dtype).name
     nbytes = n * v * np.dtype(dtype).itemsize
+    cores = available_cores()
+    controller: Any = None
+    # One controller: it finds the loaded BLAS libraries once, not in every call.
+    with contextlib.suppress(ImportError):
+        controller = importlib.import_module("threadpoolctl").ThreadpoolController()
 
     def new(name: str) -> Measurement:
         return Measurement((n, v), dt, epsilon, nbytes, logits=name, linear_d=d)
@@ -763,12 +773,30 @@ def measure_linear_head(
             z = h @ w.T
             return z @ w, z.T @ h
 
-        return [
+        candidates = [
             Candidate("linear fused", "smoothce linear, fused", "smoothce", 1, fused,
                       memory=fused),
             Candidate("linear unfused", "logits, loss, products", "naive", 1, unfused,
                       memory=unfused),
             Candidate("linear products", "the 3 matrix products", "floor", 1, products),
+        ]  # fmt: skip
+        if controller is None or cores < 2:
+            return candidates
+
+        def fused_blas() -> Any:
+            with controller.limit(limits=cores, user_api="blas"):
+                return linear_cross_entropy_with_grad(h, w, y, epsilon, bias=b)
+
+        def unfused_blas() -> Any:
+            with controller.limit(limits=cores, user_api="blas"):
+                return unfused()
+
+        threads = f"BLAS on {thread_word(cores)}"
+        return [
+            *candidates,
+            Candidate("linear fused blas", f"fused, {threads}", "smoothce", cores, fused_blas),
+            Candidate("linear unfused blas", f"unfused, {threads}", "naive", cores,
+                      unfused_blas),
         ]  # fmt: skip
 
     show = _progress_printer(

@@ -49,7 +49,8 @@ LEGEND = [
     ("linear ...", "with --linear N D V: linear_cross_entropy_with_grad (fused, never builds "
      "the (N, V) logits) against the unfused head (logits, in-place loss and gradient, "
      "then the products) and the three matrix products alone; one thread, the "
-     "classifier scaled so that the logits have each distribution's spread"),
+     "classifier scaled so that the logits have each distribution's spread; then the "
+     "fused head with its default workers and the unfused one, BLAS on every core"),
 ]  # fmt: skip
 COLUMNS = [
     ("calls/sample", f"calls timed back to back in one sample, enough for >= "
@@ -106,6 +107,7 @@ def comparisons(m: Measurement) -> list[tuple[str, str]]:
         ]
     pairs += [(kind, "smoothce fwd+grad w1") for kind in ("smoothce z_loss", "smoothce softcap")]
     pairs += [("linear fused", "linear unfused"), ("linear fused", "linear products")]
+    pairs += [("linear fused blas", "linear unfused blas"), ("linear fused blas", "linear fused")]
     return [(a, b) for a, b in pairs if a in m.samples and b in m.samples]
 
 

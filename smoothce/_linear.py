@@ -384,7 +384,11 @@ _LINEAR_PARAMETERS = r"""
         Threads of the loss engine between the products, as in :func:`cross_entropy`.
         The default, None, is one: BLAS threads the products itself (they are nearly
         all the work), and the engine's threads would compete with BLAS's, which keep
-        spinning after each product.
+        spinning after each product. On a machine busy with other jobs, BLAS's
+        threads slow this head's products (one per block of rows) more than an
+        unfused head's three long ones: there, hold BLAS to one thread
+        (``threadpoolctl.threadpool_limits(1)``, or ``OPENBLAS_NUM_THREADS=1``), or
+        give a larger ``workspace`` (fewer, longer products).
     z_loss : float, default 0.0
         PaLM's z-loss coefficient, as in :func:`cross_entropy`.
     softcap : float, optional
