@@ -89,6 +89,7 @@ _LO, _HI = UNSHIFTED
 _E_HI = math.exp(_HI)
 
 _TINY = {np.dtype(t): float(np.finfo(t).tiny) for t in (np.float32, np.float64)}
+_F32_MAX = float(np.finfo(np.float32).max)
 # ufunc reductions called directly: the ndarray methods add a Python frame each.
 _min, _max = np.minimum.reduce, np.maximum.reduce
 _max_at, _min_at = np.maximum.reduceat, np.minimum.reduceat
@@ -122,7 +123,7 @@ class Plan:
     """
 
     __slots__ = (
-        "W", "c", "cap", "check_scale", "compute_dtype", "cz", "half", "terms",
+        "W", "c", "cap", "check_big", "check_scale", "compute_dtype", "cz", "half", "terms",
         "transform", "want_grad", "want_loss", "zl",
     )  # fmt: skip
 
@@ -157,6 +158,12 @@ class Plan:
         largest_S = terms.K * (_E_HI if compute_dtype == np.float32 else 1.0)
         self.check_scale = not (
             self.W is not None and z_loss == 0.0 and c * self.W >= _TINY[compute_dtype] * largest_S
+        )
+        # Whether that factor may exceed float32's range: an unshifted row below 0 has
+        # S as small as e^-80 (a shifted row's S is at least 1, and float64 always
+        # shifts), so only when c W e^80 (or a z-loss's factor) can reach it.
+        self.check_big = compute_dtype == np.float32 and not (
+            self.W is not None and z_loss == 0.0 and c * self.W * math.exp(-_LO) <= _F32_MAX
         )
 
     @classmethod
@@ -419,10 +426,28 @@ def _finish_grad(
         terms.subtract_targets(ws, blk, 1.0)
         np.multiply(ws, np.float64(c), out=ws, casting="unsafe")
     else:
-        ws *= scale.astype(ws.dtype, copy=False)[:, np.newaxis]
+        factor = scale.astype(ws.dtype, copy=False)
+        big = _beyond_float32(scale) if plan.check_big else None
+        if big is not None:
+            # Those rows' factor is not a float32 but every product e * factor may be
+            # (e is as small as the factor is large): formed in float64, rounded once.
+            factor[big] = 1.0
+            ws[big] = ws[big] * scale[big, np.newaxis]
+        ws *= factor[:, np.newaxis]
         terms.subtract_targets(ws, blk, c)
     if blk.counted is not None:
         ws[~blk.counted] = 0
+
+
+def _beyond_float32(scale: np.ndarray) -> np.ndarray | None:
+    """The rows whose finite factor exceeds float32's range, or None (one reduction
+    each way when none does, which is always but at the edges). The rule reads the row
+    alone, so a row gives the same bits in every block."""
+    if scale.max() <= _F32_MAX and scale.min() >= -_F32_MAX:  # NaN fails: looked at below
+        return None
+    a = np.abs(scale)
+    big = (a > _F32_MAX) & (a < np.inf)
+    return big if big.any() else None
 
 
 def _underflows(scale: np.ndarray, tiny: float) -> bool:

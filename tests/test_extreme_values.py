@@ -130,3 +130,33 @@ def test_float64_partial_sums_beyond_the_range_are_inf_not_an_error():
     with mock.patch.object(_engine, "BLOCK_ELEMENTS", 2):  # one row per block
         got = smoothce.cross_entropy(z, [1, 1], reduction="sum", workers=2)
     assert got == np.inf
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"weight": np.array([1e10, 1e10])},
+        {"weight": np.array([2.0**100, 2.0**100])},
+        {"z_loss": 1e3},
+    ],
+)
+def test_unshifted_negative_rows_with_a_large_gradient_factor_do_not_overflow_to_inf(options):
+    # A float32 row below 0 with every logit >= -80 is exponentiated unshifted, so its
+    # S can be as small as e^-80; the factor c W / S was cast to float32 before it met
+    # the exponentials and overflowed (weights of 1e10, z_loss 1e3 gave an inf or NaN
+    # gradient) although every entry c (W p - w q) is of the weights' size.
+    z = np.array([[-80.0, -79.5]], dtype=np.float32)
+    y = np.array([0])
+    loss, grad = smoothce.cross_entropy_with_grad(z, y, reduction="sum", **options)
+    ref_loss, ref_grad = smoothce.cross_entropy_with_grad(
+        z.astype(np.float64), y, reduction="sum", **options
+    )
+    K, u = 2, 2.0**-24
+    # test_oracle's gradient bound, (K + 4) u (|z_k - max z| + K + 4) per unit of the
+    # softmax term A p_k = g_k + w_k q_k, plus the target term's own rounding.
+    wq = np.zeros((1, K))
+    wq[0, 0] = options.get("weight", np.ones(K))[0]
+    tol = (K + 4) * u * ((0.5 + K + 4) * np.abs(ref_grad + wq) + 2 * wq)
+    assert np.all(np.isfinite(grad))
+    assert np.all(np.abs(grad - ref_grad) <= tol), (grad, ref_grad, tol)
+    np.testing.assert_allclose(loss, ref_loss, rtol=2e-6)
