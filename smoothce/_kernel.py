@@ -411,30 +411,35 @@ def _finish_grad(
     z-loss's ``2 z_loss lse c_z``, whose gradient is also a multiple of ``p``), then
     the targets' subtraction. Overflow means an entry beyond the dtype's range: inf.
 
-    When that factor would be subnormal in the compute dtype (a tiny ``c``: weights
-    near the bottom of the range, or a huge batch in float32, against a large ``S``),
-    its rounding would be multiplied by ``e`` (up to ``e^64`` unshifted), so the
-    factor ``c`` is applied last instead, to values of normal size, and the gradient
-    is rounded once: ``c * (W e / S - w q)``, the product formed in float64.
+    A row whose factor would be subnormal in the compute dtype (a tiny ``c``: weights
+    near the bottom of the range, or a huge batch in float32, against a large ``S``)
+    would have that rounding multiplied by ``e`` (up to ``e^64`` unshifted), so such
+    rows are formed again with ``c`` applied last, to values of normal size, and
+    rounded once: ``c * (W e / S - w q)``, the product formed in float64. The choice
+    reads each row's own factor, so every row gives the same bits in every block.
     """
     c = plan.c
     num = c * W if extra is None else c * W + extra
     scale = num / S
-    if plan.check_scale and c != 0.0 and _underflows(scale, _TINY[ws.dtype]):
-        base = W / S if extra is None else (W + extra / c) / S
-        ws *= base.astype(ws.dtype)[:, np.newaxis]
-        terms.subtract_targets(ws, blk, 1.0)
-        np.multiply(ws, np.float64(c), out=ws, casting="unsafe")
-    else:
-        factor = scale.astype(ws.dtype, copy=False)
-        big = _beyond_float32(scale) if plan.check_big else None
-        if big is not None:
-            # Those rows' factor is not a float32 but every product e * factor may be
-            # (e is as small as the factor is large): formed in float64, rounded once.
-            factor[big] = 1.0
-            ws[big] = ws[big] * scale[big, np.newaxis]
-        ws *= factor[:, np.newaxis]
-        terms.subtract_targets(ws, blk, c)
+    small = _subnormal(scale, _TINY[ws.dtype]) if plan.check_scale and c != 0.0 else None
+    e_small = None if small is None else ws[small]  # a copy, before ws is overwritten
+    factor = scale.astype(ws.dtype, copy=False)
+    big = _beyond_float32(scale) if plan.check_big else None
+    if big is not None:
+        # Those rows' factor is not a float32 but every product e * factor may be
+        # (e is as small as the factor is large): formed in float64, rounded once.
+        factor[big] = 1.0
+        ws[big] = ws[big] * scale[big, np.newaxis]
+    ws *= factor[:, np.newaxis]
+    terms.subtract_targets(ws, blk, c)
+    if small is not None:
+        assert e_small is not None
+        base = (W / S if extra is None else (W + extra / c) / S)[small]
+        minus_wq = np.zeros_like(ws)  # rare: only a block holding such a row pays
+        terms.subtract_targets(minus_wq, blk, 1.0)
+        g = e_small * base.astype(ws.dtype)[:, np.newaxis]
+        g += minus_wq[small]
+        ws[small] = g * np.float64(c)
     if blk.counted is not None:
         ws[~blk.counted] = 0
 
@@ -450,13 +455,14 @@ def _beyond_float32(scale: np.ndarray) -> np.ndarray | None:
     return big if big.any() else None
 
 
-def _underflows(scale: np.ndarray, tiny: float) -> bool:
-    """Whether a nonzero entry of ``scale`` lies below ``tiny`` in magnitude (one
+def _subnormal(scale: np.ndarray, tiny: float) -> np.ndarray | None:
+    """The rows whose nonzero factor lies below ``tiny`` in magnitude, or None (one
     reduction when none does, which is always but at the edges)."""
     if scale.min() >= tiny:  # NaN fails and is looked at below, where it is ignored
-        return False
+        return None
     a = np.abs(scale)
-    return bool(((a < tiny) & (a > 0.0)).any())
+    small = (a < tiny) & (a > 0.0)
+    return small if small.any() else None
 
 
 def cap_chain(g: np.ndarray, xbuf: np.ndarray | None, tmp: np.ndarray) -> None:

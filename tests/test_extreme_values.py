@@ -160,3 +160,19 @@ def test_unshifted_negative_rows_with_a_large_gradient_factor_do_not_overflow_to
     assert np.all(np.isfinite(grad))
     assert np.all(np.abs(grad - ref_grad) <= tol), (grad, ref_grad, tol)
     np.testing.assert_allclose(loss, ref_loss, rtol=2e-6)
+
+
+def test_a_row_with_a_subnormal_gradient_factor_leaves_the_other_rows_bits_alone():
+    # Weight 2**-100 on the label of a float32 row at logit 64 makes its factor
+    # c W / S subnormal; the whole block then took the factor-last route, so every
+    # other row of the block got different bits from those it has beside an ordinary
+    # row (a row's result depended on its neighbours, so on the chunking).
+    rng = np.random.default_rng(0)
+    rest = (3 * rng.normal(size=(5, 3))).astype(np.float32)
+    w = np.array([2.0**-100, 1.0, 0.7])
+    y = np.array([0, 0, 1, 2, 1, 2])  # the same labels: the same mean's denominator
+    grads = []
+    for first in ([64.0, 0.0, 1.0], [0.0, 0.0, 1.0]):
+        z = np.vstack([np.array([first], dtype=np.float32), rest])
+        grads.append(smoothce.cross_entropy_grad(z, y, weight=w))
+    np.testing.assert_array_equal(grads[0][1:], grads[1][1:])
