@@ -414,9 +414,9 @@ def _finish_grad(
     A row whose factor would be subnormal in the compute dtype (a tiny ``c``: weights
     near the bottom of the range, or a huge batch in float32, against a large ``S``)
     would have that rounding multiplied by ``e`` (up to ``e^64`` unshifted), so such
-    rows are formed again with ``c`` applied last, to values of normal size, and
-    rounded once: ``c * (W e / S - w q)``, the product formed in float64. The choice
-    reads each row's own factor, so every row gives the same bits in every block.
+    rows are formed again in float64, ``c * (W e / S - w q)``, and rounded once. The
+    choice reads each row's own factor, so every row gives the same bits in every
+    block.
     """
     c = plan.c
     num = c * W if extra is None else c * W + extra
@@ -434,12 +434,15 @@ def _finish_grad(
     terms.subtract_targets(ws, blk, c)
     if small is not None:
         assert e_small is not None
+        # W / S itself may lie below float32's range (W = 2**-100 against S = e^64):
+        # every step in float64, where W p_k and w q_k are normal numbers.
         base = (W / S if extra is None else (W + extra / c) / S)[small]
-        minus_wq = np.zeros_like(ws)  # rare: only a block holding such a row pays
+        minus_wq = np.zeros(ws.shape, dtype=_F64)  # rare: a block holding such a row
         terms.subtract_targets(minus_wq, blk, 1.0)
-        g = e_small * base.astype(ws.dtype)[:, np.newaxis]
+        g = e_small * base[:, np.newaxis]
         g += minus_wq[small]
-        ws[small] = g * np.float64(c)
+        g *= c
+        ws[small] = g
     if blk.counted is not None:
         ws[~blk.counted] = 0
 

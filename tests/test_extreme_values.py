@@ -176,3 +176,24 @@ def test_a_row_with_a_subnormal_gradient_factor_leaves_the_other_rows_bits_alone
         z = np.vstack([np.array([first], dtype=np.float32), rest])
         grads.append(smoothce.cross_entropy_grad(z, y, weight=w))
     np.testing.assert_array_equal(grads[0][1:], grads[1][1:])
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_tiny_weights_against_an_unshifted_row_at_64_keep_the_softmax_term(reduction):
+    # Weights near 2**-100 are used as given; a float32 row with its maximum at 64 is
+    # exponentiated unshifted (S = e^64), so W / S = 2**-99 e^-64 lay below float32's
+    # range and the gradient's W p term was lost entirely (0 where W p_0 = 1.6e-30).
+    z = np.array([[64.0, 0.0, 1.0]], dtype=np.float32)
+    y = np.array([1])
+    w = np.array([2.0**-100, 2.0**-99, 2.0**-100])
+    grad = smoothce.cross_entropy_grad(z, y, weight=w, reduction=reduction)
+    _, ref_grad = reference(z, y, 0.0, weight=w, reduction=reduction)
+    K, u = 3, 2.0**-24
+    # test_oracle's gradient bound: (K + 4) u (|z_k - max z| + K + 4) per unit of W p_k,
+    # plus the target term's rounding; the smallest subnormal as the floor.
+    c = 1.0  # "mean" divides by w_y = 2**-99: its factor c W / S is a normal number
+    wq = np.array([[0.0, w[1], 0.0]])
+    spread = np.abs(z.astype(np.float64) - 64.0)
+    gscale = np.abs(ref_grad / c + wq) * (spread + K + 4) + 2 * wq
+    tol = (K + 4) * (u * c * gscale + float(np.finfo(np.float32).smallest_subnormal))
+    assert np.all(np.abs(grad - ref_grad) <= tol), (grad, ref_grad, tol)
