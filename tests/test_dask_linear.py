@@ -247,6 +247,28 @@ def test_unknown_chunk_sizes_from_a_padding_mask(client):
             _close_arrays(value, exp, 1e-12)
 
 
+@pytest.mark.parametrize("keep", ["a block of padding", "no row"])
+def test_split_classifier_gradients_of_an_empty_row_block(client, keep):
+    # A row block with no rows (a chunk that was all padding, or no hidden states at
+    # all) failed in the task shaping its hidden gradient: reshape(0, -1) cannot
+    # infer the feature axis of an empty block ("cannot reshape array of size 0").
+    h, W, b, y = _data(np.float32, seed=3)
+    rows = np.arange(N) >= (50 if keep == "a block of padding" else N)
+    hd = da.from_array(h, chunks=(50, D))[da.from_array(rows, chunks=50)]
+    yd = da.from_array(y, chunks=50)[da.from_array(rows, chunks=50)]
+    want_loss, want = smoothce.linear_cross_entropy_with_grad(
+        h[rows], W, y[rows], 0.1, bias=b, ignore_index=-100
+    )
+    Wd, bd = _classifier(W, (7, 20, 10)), _bias(b, (7, 20, 10))
+    loss, g = sdask.linear_cross_entropy_with_grad(hd, Wd, yd, 0.1, bias=bd, ignore_index=-100)
+    got = on(client, loss, *g)
+    _close_arrays(got[0], want_loss, 1e-5)
+    for value, exp in zip(got[1:], want, strict=True):
+        assert value.shape == exp.shape
+        assert value.dtype == exp.dtype
+        _close_arrays(value, exp, 1e-5)
+
+
 def test_unknown_chunk_sizes_need_labels_cut_the_same_way():
     h, W, _, y = _data()
     hd = da.from_array(h, chunks=(50, D))[da.from_array(y != -100, chunks=50)]

@@ -417,10 +417,11 @@ def _add(a: Any, b: Any) -> Any:
 
 def _cast(total: Any, dtype: Any, labels: Any = None) -> Any:
     """A float64 sum rounded once to the input's dtype (beyond float16/32's range:
-    inf, as in memory); rows of hidden states shaped as their ``labels`` block."""
+    inf, as in memory); rows of hidden states shaped as their ``labels`` block (the
+    feature axis named: an empty block has no size to infer it from)."""
     with np.errstate(over="ignore"):
         out = np.asarray(total).astype(dtype)
-    return out if labels is None else out.reshape(*np.shape(labels), -1)
+    return out if labels is None else out.reshape(*np.shape(labels), out.shape[-1])
 
 
 def _result(acc: Any) -> Metrics:
