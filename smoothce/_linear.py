@@ -32,6 +32,7 @@ from ._validation import Problem, as_array, compute_dtypes, plain, prepare
 __all__ = [
     "DEFAULT_WORKSPACE",
     "LinearGrads",
+    "check_features",
     "linear_cross_entropy",
     "linear_cross_entropy_with_grad",
 ]
@@ -122,6 +123,19 @@ def logits_into(
     return z
 
 
+def check_features(hidden_shape: tuple[Any, ...], classifier_shape: tuple[Any, ...]) -> None:
+    """Raise unless ``hidden``'s last axis is the (V, d) classifier's ``d``; the shapes
+    are the caller's (smoothce.dask validates stand-ins without rows, so it passes the
+    Dask arrays' own shapes for the message)."""
+    d = classifier_shape[1]
+    if hidden_shape[-1] != d:
+        raise ValueError(
+            f"hidden's last axis must match classifier's features ({d}), as for "
+            f"hidden @ classifier.T; got hidden of shape {hidden_shape} and classifier of "
+            f"shape {classifier_shape}."
+        )
+
+
 class _Head:
     """Validated arguments of one linear-head call."""
 
@@ -154,12 +168,7 @@ class _Head:
                 f"classifier must have shape (V, d), one row per class; got shape {W.shape}."
             )
         V, d = W.shape
-        if h.shape[-1] != d:
-            raise ValueError(
-                f"hidden's last axis must match classifier's features ({d}), as for "
-                f"hidden @ classifier.T; got hidden of shape {h.shape} and classifier of "
-                f"shape {W.shape}."
-            )
+        check_features(h.shape, W.shape)
         if V == 0:
             raise ValueError("classifier must have at least one row (class); got shape (0, d).")
         b, b_dtypes = None, None

@@ -308,7 +308,12 @@ def test_bad_labels_are_named_at_their_position_in_the_whole_array(client):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"classifier": np.zeros((V, D + 1))}, ValueError, r"hidden's last axis must match"),
+        # The message named a stand-in's shape, (0, 8), not the hidden states'.
+        (
+            {"classifier": np.zeros((V, D + 1))},
+            ValueError,
+            r"hidden's last axis must match .* got hidden of shape \(200, 8\) and",
+        ),
         ({"labels": np.zeros(N - 1, int)}, ValueError, r"labels must have the shape of hidden"),
         ({"labels": np.zeros(N)}, TypeError, r"labels must be integer class indices"),
         ({"bias": np.zeros(V + 1)}, ValueError, r"bias must have shape \(37,\)"),

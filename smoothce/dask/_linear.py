@@ -45,7 +45,7 @@ from dask.delayed import Delayed
 
 from .._bins import check_bins
 from .._exact import ExactSum, exact_sums
-from .._linear import DEFAULT_WORKSPACE, LinearGrads, _Head
+from .._linear import DEFAULT_WORKSPACE, LinearGrads, _Head, check_features
 from .._linear_metrics import accumulate_head, metrics_head
 from .._scaling import Scaling
 from .._vocab import Spec, accumulator, merge, row_losses, rows_problem, window_grads
@@ -153,6 +153,8 @@ class HeadSetup:
                 "smoothce.linear_cross_entropy."
             )
         W_shape, W_dtype = _meta(classifier)
+        if len(W_shape) == 2:  # (else the head names the classifier's shape)
+            check_features(h.shape, W_shape)
         b_meta = None if bias is None else _meta(bias)
         # Everything that needs no data is checked now by the fused head's own
         # validation, on stand-ins without memory (dtypes, the classifier's and the
