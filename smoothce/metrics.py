@@ -468,6 +468,14 @@ def _one_pass(p: Problem, top_k: int, workers: Any, scan: bool = True) -> _Pass:
         if ref is not None:
             ref_a[key] = ref.reshape(out.shape)
         zy_a[key] = label_logit.reshape(out.shape)
+        if ref is not None and not np.isfinite(logs.min()):
+            # The label's shifted logit z_y - c overflowed in float32 (logits beyond
+            # 3.4e38 apart) where both are finite: formed in float64, as streamed rows
+            # form it, so the NLL is the finite float64 value the loss already is.
+            over = (logs == -np.inf) & np.isfinite(label_logit) & np.isfinite(ref)
+            if over.any():
+                logs = logs.copy()  # the engine's array, left as it is
+                logs[over] = label_logit[over].astype(np.float64) - ref[over]
         label_a[key] = logs.reshape(out.shape)
         if m_a is None or top1_a is None or topk_a is None:
             return

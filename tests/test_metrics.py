@@ -371,6 +371,24 @@ def test_nll_beyond_the_float64_range_with_a_small_weight_is_finite_and_quiet():
     assert metrics.nll(z, y) == np.inf
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_float32_nll_beyond_float32s_range_is_the_finite_float64_value(monkeypatch, streamed):
+    # float32 logits 6e38 apart: the label's shifted logit z_y - max overflowed in
+    # float32, so a whole row's NLL came out inf while the same call's smoothed loss
+    # (and a streamed row's NLL, formed in float64) gave the finite 6e38.
+    if streamed:
+        monkeypatch.setattr(smoothce._engine, "BLOCK_ELEMENTS", 1)
+    z = np.array([[3e38, -3e38, 0.0]], dtype=np.float32)
+    z64 = z.astype(np.float64)
+    want = float(z64[0, 0] - z64[0, 1])  # log(1 + e^-3e38 + e^-6e38) is 0 in float64
+    K, u = 3, 2.0**-24
+    tol = (K + 4) * u * (2 * abs(want) + 1)  # the contract's (K + 4) u M
+    m = metrics.evaluate(z, [1])
+    assert abs(m.nll - want) <= tol, (m.nll, want)
+    assert metrics.nll(z, [1]) == m.nll
+    assert m.loss == m.nll  # epsilon 0: the loss is the NLL
+
+
 def test_top_k_ties_go_to_the_lower_index_unlike_scikit_learn():
     """The docs say so (accuracy, evaluate's top_k): scikit-learn's
     top_k_accuracy_score documents the opposite tie rule, highest index first."""
