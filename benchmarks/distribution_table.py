@@ -1,4 +1,4 @@
-"""Issue 15's tables: smoothce on four distributions of logits, every ratio in one run.
+"""smoothce on four distributions of logits through every path, every ratio in one run.
 
 Times whichever ``smoothce`` is importable, so the same script measures this checkout
 and an older one (``PYTHONPATH=/path/to/old/checkout``); the logits always come from
@@ -11,7 +11,7 @@ rounds, with their quartiles (q1-q3) beside it.
     python benchmarks/distribution_table.py [--rounds 9] [--sample-ms 40] \
         [--parts small,large,other]
 
-Tables, as in the issue:
+Tables:
 
 * training-loop shapes: ``cross_entropy_with_grad(z, y, 0.1, out=buf)`` against naive
   NumPy (``smoothce._baselines.naive_loss_and_grad``) and PyTorch's

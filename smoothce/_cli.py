@@ -40,6 +40,7 @@ from ._bench_logits import DISTRIBUTIONS, NAMES
 from ._bench_report import format_summary, format_sweep, format_table, print_legend
 from ._eval_dask import INSTALL  # a string; Dask is imported only when it runs
 from ._loss import soft_target_cross_entropy
+from ._validation import TORCH_IGNORE_INDEX
 from .calibration import MAX_BINS
 
 #: The one command that regenerates the performance page's data (docs/examples/
@@ -388,6 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _as_options(message: str) -> str:
+    """A library message in the command line's words: its hint for PyTorch's padding
+    names the keyword ``ignore_index=-100``, which is ``--ignore-index -100`` here."""
+    return message.replace(
+        f"pass ignore_index={TORCH_IGNORE_INDEX}", f"pass --ignore-index {TORCH_IGNORE_INDEX}"
+    )
+
+
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
@@ -433,7 +442,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except EvalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_as_options(str(exc))}", file=sys.stderr)
         return 2
     except MemoryError as exc:
         print(

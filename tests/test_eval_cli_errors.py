@@ -255,6 +255,19 @@ def test_empty_array_has_no_rows_not_every_label_ignored(tmp_path, ignore):
     assert "ignore_index" not in message
 
 
+def test_padding_of_minus_100_names_the_option_not_the_keyword(good, tmp_path):
+    # Found by a newcomer's run of the docs: the hint said "pass ignore_index=-100",
+    # the Python keyword, to a user of the command line, where it is --ignore-index.
+    y = np.load(good[1])
+    y[7] = -100
+    np.save(tmp_path / "y.npy", y)
+    message = _assert_one_line_error(
+        _run(good[0], tmp_path / "y.npy"), r"got labels\[7\] = -100\. -100 is PyTorch's"
+    )
+    assert "pass --ignore-index -100 to leave these elements out." in message
+    assert "ignore_index=-100" not in message
+
+
 def test_every_label_ignored_still_says_so(good, tmp_path):
     np.save(tmp_path / "y.npy", np.full(50, -100))
     _assert_one_line_error(

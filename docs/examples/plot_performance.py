@@ -11,8 +11,9 @@ epsilon = 0.1, one thread, with one command::
         --json docs/data/performance.json
 
 This script, run by the documentation build, turns that file into the tables and the
-plots; it does not time anything itself. Run the same command to see your machine's
-numbers (it takes minutes: the sweep times 16 shapes on four distributions).
+plots; it does not time anything itself. Run the same command with another ``--json``
+file to see your machine's numbers (it takes minutes: the sweep times 16 shapes on four
+distributions).
 
 **The logits.** A softmax does not care where its logits sit, but a loss's speed
 may, so every shape is timed on four distributions of logits (all drawn by
