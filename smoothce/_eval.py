@@ -71,6 +71,24 @@ class Report:
     bias: str | None = None
     softcap: float | None = None
 
+    @classmethod
+    def of(
+        cls, m: Any, logits: str, labels: str, elements: int, num_classes: int,
+        epsilon: float, bins: int, *, classifier: str | None = None,
+        bias: str | None = None, softcap: float | None = None,
+    ) -> Report:  # fmt: skip
+        """The report of :class:`~smoothce.metrics.Metrics` ``m``, whichever path
+        computed them (memory map, Dask, hidden states); a run in which every label was
+        ignored has nothing to report and is an error."""
+        if m.counted == 0:
+            raise EvalError("no element to evaluate: every label equals ignore_index.")
+        return cls(
+            logits=logits, labels=labels, elements=elements, counted=m.counted,
+            num_classes=num_classes, epsilon=float(epsilon), smoothed_loss=m.loss,
+            nll=m.nll, perplexity=m.perplexity, accuracy=m.accuracy, ece=m.ece, bins=bins,
+            classifier=classifier, bias=bias, softcap=softcap,
+        )  # fmt: skip
+
     def as_dict(self) -> dict[str, Any]:
         fields = asdict(self)
         if self.classifier is None:
@@ -442,20 +460,5 @@ def evaluate_files(
         total = acc if total is None else total.merge(acc)
         bar.advance(int(yc.size))
     assert total is not None
-    if total.counted == 0:
-        raise EvalError("no element to evaluate: every label equals ignore_index.")
-    m = total.result()
-    return Report(
-        logits=logits_path,
-        labels=labels_path,
-        elements=int(np.prod(batch)) if batch else 1,
-        counted=m.counted,
-        num_classes=K,
-        epsilon=float(epsilon),
-        smoothed_loss=m.loss,
-        nll=m.nll,
-        perplexity=m.perplexity,
-        accuracy=m.accuracy,
-        ece=m.ece,
-        bins=bins,
-    )
+    elements = int(np.prod(batch)) if batch else 1
+    return Report.of(total.result(), logits_path, labels_path, elements, K, epsilon, bins)

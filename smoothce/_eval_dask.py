@@ -593,19 +593,4 @@ def evaluate_dask(
                 client, zd, yd, ax, c, ignore_index, progress, logits_path
             )
             raise _bad_row_error(logits_path, [] if expand else row, k, value, ax - expand)
-    if m.counted == 0:
-        raise EvalError("no element to evaluate: every label equals ignore_index.")
-    return Report(
-        logits=logits_path,
-        labels=labels_path,
-        elements=math.prod(batch),
-        counted=m.counted,
-        num_classes=K,
-        epsilon=float(epsilon),
-        smoothed_loss=m.loss,
-        nll=m.nll,
-        perplexity=m.perplexity,
-        accuracy=m.accuracy,
-        ece=m.ece,
-        bins=bins,
-    )
+    return Report.of(m, logits_path, labels_path, math.prod(batch), K, epsilon, bins)

@@ -363,30 +363,7 @@ def evaluate_hidden(
         raise _bad_hidden_error(
             h, y, W, b, (hidden_path, classifier, bias), ignore_index, softcap, dtype, rows
         )
-    if m.counted == 0:
-        raise EvalError("no element to evaluate: every label equals ignore_index.")
-    return report_of(m, hidden_path, labels_path, N, V, epsilon, bins, classifier, bias, softcap)
-
-
-def report_of(
-    m: Any, hidden_path: str, labels_path: str, N: int, V: int, epsilon: float, bins: int,
-    classifier: str, bias: str | None, softcap: float | None,
-) -> Report:  # fmt: skip
-    """The report of a head's :class:`~smoothce.metrics.Metrics`."""
-    return Report(
-        logits=hidden_path,
-        labels=labels_path,
-        elements=N,
-        counted=m.counted,
-        num_classes=V,
-        epsilon=float(epsilon),
-        smoothed_loss=m.loss,
-        nll=m.nll,
-        perplexity=m.perplexity,
-        accuracy=m.accuracy,
-        ece=m.ece,
-        bins=bins,
-        classifier=classifier,
-        bias=bias,
-        softcap=softcap,
-    )
+    return Report.of(
+        m, hidden_path, labels_path, N, V, epsilon, bins,
+        classifier=classifier, bias=bias, softcap=softcap,
+    )  # fmt: skip

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ._eval import EvalError
+from ._eval import EvalError, Report
 from ._eval_dask import _as_dask, _bounds, _client, _need, _open, _run, _Source, is_zarr
 from ._eval_linear import (
     _Files,
@@ -40,7 +40,6 @@ from ._eval_linear import (
     first_undefined,
     hidden_error,
     logits_error,
-    report_of,
     weight_error,
 )
 
@@ -127,9 +126,10 @@ def evaluate_hidden_dask(
                 client, hd, yd, Wd, bd, (hidden_path, classifier, bias), ignore_index,
                 softcap, dtype, () if expand else tuple(y.shape), progress,
             )  # fmt: skip
-    if m.counted == 0:
-        raise EvalError("no element to evaluate: every label equals ignore_index.")
-    return report_of(m, hidden_path, labels_path, N, V, epsilon, bins, classifier, bias, softcap)
+    return Report.of(
+        m, hidden_path, labels_path, N, V, epsilon, bins,
+        classifier=classifier, bias=bias, softcap=softcap,
+    )  # fmt: skip
 
 
 def _why_undefined(
